@@ -1,0 +1,257 @@
+"""
+What every script shares: device, dtype and DDP setup, user-facing errors, checkpoints, meta.pkl, downloads.
+"""
+
+import hashlib
+import os
+import pickle
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import requests
+import torch
+
+from configurator import ConfigError
+
+
+class UserError(Exception):
+    """A mistake the user can fix (missing data, a bad checkpoint, ...): one line, no traceback."""
+
+
+def run_main(main):
+    """Run a script's main; a user's mistake ends with one line on stderr and a non-zero exit status."""
+    try:
+        main()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def print0(*args, **kwargs):
+    """print on the DDP master process only (or always, without DDP)."""
+    if int(os.environ.get('RANK', 0)) == 0:
+        print(*args, **kwargs)
+
+
+# -----------------------------------------------------------------------------
+# device, dtype and distributed setup
+
+@dataclass
+class Runtime:
+    device: str  # e.g. 'cuda:0', 'cpu'
+    device_type: str  # 'cuda', 'mps' or 'cpu'
+    dtype: str  # 'float32', 'bfloat16' or 'float16'
+    autocast: object  # a context manager for the forward pass
+    ddp: bool = False
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+
+PTDTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+def pick_device(device='auto'):
+    """Resolve 'auto' to the best device here (cuda, then mps, then cpu) and check that a named one exists."""
+    if device == 'auto':
+        if torch.cuda.is_available():
+            return 'cuda'
+        if torch.backends.mps.is_available():
+            return 'mps'
+        return 'cpu'
+    try:
+        device_type = torch.device(device).type
+    except RuntimeError:
+        raise UserError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps") from None
+    if device_type == 'cuda' and not torch.cuda.is_available():
+        raise UserError(f"device '{device}' is not available on this machine; use --device=cpu")
+    if device_type == 'mps' and not torch.backends.mps.is_available():
+        raise UserError(f"device '{device}' is not available on this machine; use --device=cpu")
+    if device_type not in ('cuda', 'mps', 'cpu'):
+        raise UserError(f"device '{device}' is not supported; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def pick_dtype(dtype, device_type):
+    """'auto': bfloat16 on CUDA where supported, else float16 (with a GradScaler); float32 elsewhere."""
+    if dtype == 'auto':
+        if device_type != 'cuda':
+            return 'float32'
+        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+    if dtype not in PTDTYPES:
+        raise UserError(f"unknown dtype '{dtype}'; use auto, float32, bfloat16 or float16")
+    return dtype
+
+
+def setup(device='auto', dtype='auto', backend='auto'):
+    """
+    Pick the device and dtype, and join the process group when run under torchrun (RANK and WORLD_SIZE set).
+    Returns a Runtime; call teardown() at the end.
+    """
+    ddp = int(os.environ.get('RANK', -1)) != -1
+    rank = int(os.environ.get('RANK', 0))
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    device = pick_device(device)
+    device_type = torch.device(device).type
+    if ddp:
+        if backend == 'auto':
+            backend = 'nccl' if device_type == 'cuda' else 'gloo'
+        if device_type == 'cuda':
+            device = f'cuda:{local_rank}'  # one GPU per process
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend=backend)
+    if device_type == 'cuda':
+        # TF32 matmuls: float32 work runs on the tensor cores with 10-bit mantissas, several times faster
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    dtype = pick_dtype(dtype, device_type)
+    if dtype == 'float32':
+        ctx = nullcontext()
+    else:
+        ctx = torch.autocast(device_type=device_type, dtype=PTDTYPES[dtype])
+    return Runtime(device, device_type, dtype, ctx, ddp, rank, local_rank, world_size)
+
+
+def teardown(rt):
+    if rt.ddp and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+# -----------------------------------------------------------------------------
+# checkpoints
+
+COMPILE_PREFIX = '_orig_mod.'  # torch.compile wraps the model and prefixes every parameter name with this
+
+
+def clean_state_dict(state_dict):
+    """A model state dict without torch.compile's prefix, whether it came from a compiled model or not."""
+    return {k.removeprefix(COMPILE_PREFIX): v for k, v in state_dict.items()}
+
+
+def save_checkpoint(checkpoint, path):
+    """Write atomically: to a temporary file, flushed to disk, then renamed over the old one."""
+    tmp = f'{path}.tmp'
+    with open(tmp, 'wb') as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """
+    Read a checkpoint with weights_only=True, so that a file from elsewhere cannot run code.
+    A missing or damaged file is a UserError.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at '{path}'; train first or point --out_dir at a run's folder")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint '{path}' is damaged or not a checkpoint ({reason}); "
+                        f"use another checkpoint or train again") from None
+    missing = [k for k in ('model', 'model_args') if not isinstance(checkpoint, dict) or k not in checkpoint]
+    if missing:
+        raise UserError(f"checkpoint '{path}' lacks {', '.join(missing)}; it was not written by train.py")
+    checkpoint['model'] = clean_state_dict(checkpoint['model'])
+    return checkpoint
+
+
+# -----------------------------------------------------------------------------
+# meta.pkl: the character vocabulary of a char-level dataset
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Loads plain data only (dicts, lists, strings, numbers); any class or function is refused."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def load_meta(path):
+    """Read meta.pkl (vocab_size, itos, stoi) without running code from it."""
+    try:
+        with open(path, 'rb') as f:
+            meta = _PlainUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise UserError(f"'{path}' is damaged or holds more than plain data ({e}); run prepare.py again") from None
+    if not isinstance(meta, dict) or not {'vocab_size', 'itos', 'stoi'} <= meta.keys():
+        raise UserError(f"'{path}' lacks vocab_size, itos or stoi; run prepare.py again")
+    return meta
+
+
+# -----------------------------------------------------------------------------
+# downloads
+
+def download(url, path, sha256=None, size=None, chunk_size=1 << 20, retries=3, timeout=30):
+    """
+    Download url to path with a progress line, resuming a partial '<path>.part' left by an earlier try.
+    When sha256 or size is given, a file that does not match is deleted and a UserError raised.
+    A file already at path is trusted and not fetched again.
+    """
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    part = f'{path}.part'
+    for attempt in range(1, retries + 1):
+        have = os.path.getsize(part) if os.path.exists(part) else 0
+        headers = {'Range': f'bytes={have}-'} if have else {}
+        try:
+            with requests.get(url, headers=headers, stream=True, timeout=timeout) as r:
+                if r.status_code == 416:  # the range starts at the end: the part file is already whole
+                    break
+                r.raise_for_status()
+                if have and r.status_code != 206:
+                    have = 0  # the server ignored the range; start over
+                total = int(r.headers.get('content-length', 0)) + have or None
+                with open(part, 'ab' if have else 'wb') as f:
+                    done, last = have, 0.0
+                    for chunk in r.iter_content(chunk_size):
+                        f.write(chunk)
+                        done += len(chunk)
+                        if time.time() - last > 0.5:
+                            _progress(path, done, total)
+                            last = time.time()
+                    _progress(path, done, total)
+                    print(file=sys.stderr)
+            break
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+            if attempt == retries:
+                raise UserError(f"could not download {url} ({type(e).__name__}); check the network "
+                                f"and run again (the partial file is kept and resumed)") from None
+            time.sleep(min(2 ** attempt, 10))
+        except requests.HTTPError as e:
+            raise UserError(f"could not download {url}: {e}") from None
+    _verify(part, url, sha256, size)
+    os.replace(part, path)
+    return path
+
+
+def _progress(path, done, total):
+    pct = f' {100 * done / total:5.1f}%' if total else ''
+    print(f'\r{os.path.basename(path)}: {done / 1e6:,.1f} MB{pct}', end='', file=sys.stderr, flush=True)
+
+
+def _verify(path, url, sha256, size):
+    if size is not None and os.path.getsize(path) != size:
+        got = os.path.getsize(path)
+        os.remove(path)
+        raise UserError(f"download of {url} has {got} bytes, expected {size}; deleted it, run again")
+    if sha256 is not None:
+        h = hashlib.sha256()
+        with open(path, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''):
+                h.update(block)
+        if h.hexdigest() != sha256:
+            os.remove(path)
+            raise UserError(f"download of {url} is corrupt (sha256 mismatch); deleted it, run again")

@@ -1,0 +1,118 @@
+"""
+Settings for the scripts: a block of defaults at the top of each script, overridden in order by
+Python config files and --key=value arguments, then checked against the defaults' names and types.
+
+$ python train.py config/override_file.py --batch_size=32 --compile=False
+
+A config file is plain Python; its top-level assignments override the defaults, and it may use the
+values set before it (e.g. `gradient_accumulation_steps = 5 * 8`). An argument's value is read as a
+Python literal (1e-3, False, None, 'x'); anything that is not a literal is taken as a string, so
+--start=Once upon a time needs no extra quotes.
+"""
+
+import ast
+import difflib
+import os
+import sys
+import types as types_module
+
+
+class ConfigError(Exception):
+    """A setting the user got wrong; the scripts report it in one line and exit with status 2."""
+
+
+def _type_name(t):
+    return t.__name__ if isinstance(t, type) else ' or '.join(x.__name__ for x in t)
+
+
+def _check(key, value, defaults, types):
+    """Return value converted to the key's type, or raise ConfigError naming what is wrong."""
+    if key not in defaults:
+        close = difflib.get_close_matches(key, defaults, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ''
+        raise ConfigError(f"unknown config key '{key}'{hint}")
+    if key in types:
+        expected = types[key]
+        if value is None:
+            return value  # None means 'automatic' or 'off' for the keys that allow it
+    elif defaults[key] is None:
+        return value
+    else:
+        expected = type(defaults[key])
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    if float in expected and type(value) is int:
+        return float(value)  # --learning_rate=1 means 1.0
+    if type(value) in expected:  # exact: a bool is not accepted where an int is expected, nor 1 for True
+        return value
+    raise ConfigError(f"{key}={value!r} has type {type(value).__name__}; expected {_type_name(expected)}")
+
+
+def _parse_value(key, text, defaults, types):
+    """Read an argument's value: a Python literal, else the bare string."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+    # a string setting takes the text as written: --start=42 is the prompt '42'
+    if isinstance(defaults.get(key), str) and not isinstance(value, str) and key not in types:
+        return text
+    return value
+
+
+def _apply_file(path, config, defaults, types):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file '{path}' not found")
+    with open(path) as f:
+        source = f.read()
+    try:
+        tree = ast.parse(source, filename=path)
+    except SyntaxError as e:
+        raise ConfigError(f"config file '{path}' line {e.lineno}: {e.msg}") from None
+    namespace = dict(config)
+    try:
+        exec(compile(tree, path, 'exec'), namespace)
+    except Exception as e:
+        raise ConfigError(f"config file '{path}' failed: {type(e).__name__}: {e}") from None
+    for key, value in namespace.items():
+        if key.startswith('_') or isinstance(value, (types_module.ModuleType, type)) or callable(value):
+            continue  # imports and helpers in the file are not settings
+        if key in config and value is config[key]:
+            continue
+        try:
+            config[key] = _check(key, value, defaults, types)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+
+def parse_config(defaults, argv, types=None):
+    """
+    Return a new dict of settings: defaults, then each config file and --key=value in argv, in order.
+    types maps a key to the type (or tuple of types) it takes where the default alone does not say,
+    e.g. {'compile': bool} for a default of None meaning 'automatic'.
+    """
+    types = types or {}
+    config = dict(defaults)
+    for arg in argv:
+        if not arg.startswith('--'):
+            _apply_file(arg, config, defaults, types)
+            continue
+        key, sep, text = arg[2:].partition('=')  # split on the first '=' only: values may contain '='
+        if not sep:
+            raise ConfigError(f"argument '{arg}' has no value; write --{key}=VALUE")
+        config[key] = _check(key, _parse_value(key, text, defaults, types), defaults, types)
+    return config
+
+
+def config_from_globals(namespace):
+    """The settings block of a script: its top-level names holding plain values."""
+    return {k: v for k, v in namespace.items()
+            if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))}
+
+
+def load_config(defaults, argv=None, types=None):
+    """parse_config for a script's main: a mistake prints one line and exits with status 2."""
+    try:
+        return parse_config(defaults, sys.argv[1:] if argv is None else argv, types)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,49 @@
+"""
+Prepare Tiny Shakespeare for character-level language modelling.
+Characters map to ints (the 65 distinct characters, sorted); writes train.bin and val.bin (uint16)
+and meta.pkl (vocab_size, itos, stoi) beside this file. Uses input.txt here if present, else downloads it.
+"""
+
+import os
+import pickle
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from common import UserError, download, run_main  # noqa: E402
+
+DATA_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+
+
+def prepare(data_dir, url=DATA_URL):
+    input_path = os.path.join(data_dir, 'input.txt')
+    if not os.path.exists(input_path):
+        try:
+            download(url, input_path)
+        except UserError as e:
+            raise UserError(f"{e}; or put Tiny Shakespeare at '{input_path}' by hand") from None
+    with open(input_path, 'r', encoding='utf-8') as f:
+        data = f.read()
+    print(f"length of dataset in characters: {len(data):,}")
+
+    chars = sorted(set(data))
+    vocab_size = len(chars)
+    print("all the unique characters:", ''.join(chars))
+    print(f"vocab size: {vocab_size:,}")
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    itos = {i: ch for i, ch in enumerate(chars)}
+
+    n = len(data)
+    train_ids = np.array([stoi[c] for c in data[:int(n * 0.9)]], dtype=np.uint16)
+    val_ids = np.array([stoi[c] for c in data[int(n * 0.9):]], dtype=np.uint16)
+    print(f"train has {len(train_ids):,} tokens")
+    print(f"val has {len(val_ids):,} tokens")
+    train_ids.tofile(os.path.join(data_dir, 'train.bin'))
+    val_ids.tofile(os.path.join(data_dir, 'val.bin'))
+    with open(os.path.join(data_dir, 'meta.pkl'), 'wb') as f:
+        pickle.dump({'vocab_size': vocab_size, 'itos': itos, 'stoi': stoi}, f)
+
+
+if __name__ == '__main__':
+    run_main(lambda: prepare(os.path.dirname(os.path.abspath(__file__))))

@@ -1,0 +1,68 @@
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+# offline stand-ins for the project's downloads, when the shared fixtures sit beside the repository
+FIXTURES = os.environ.get('NANOGPT_FIXTURES', os.path.join(REPO, '..', 'shared', 'fixtures'))
+SHAKESPEARE = os.path.join(FIXTURES, 'tinyshakespeare', 'input.txt')
+TIKTOKEN_CACHE = os.path.join(FIXTURES, 'tiktoken-cache')
+if os.path.isdir(TIKTOKEN_CACHE):
+    os.environ.setdefault('TIKTOKEN_CACHE_DIR', TIKTOKEN_CACHE)
+
+SYNTHETIC_TEXT = ''.join(
+    f"{name}:\nWhat say you, {other}? The {thing} is {mood} tonight.\n\n"
+    for name, other, thing, mood in
+    zip(['ROMEO', 'JULIET', 'HAMLET', 'LEAR'] * 400, ['friend', 'lord', 'sir', 'madam'] * 400,
+        ['moon', 'night', 'crown', 'storm', 'sea'] * 320, ['fair', 'dark', 'cold', 'wild', 'still'] * 320))
+
+
+def shakespeare_text():
+    """Tiny Shakespeare from the fixtures, or a synthetic stand-in on a machine without them."""
+    if os.path.exists(SHAKESPEARE):
+        with open(SHAKESPEARE, encoding='utf-8') as f:
+            return f.read()
+    return SYNTHETIC_TEXT
+
+
+def needs_tiktoken_cache():
+    """Skip (with the reason shown) where GPT-2's BPE files would have to come from the network."""
+    if not os.environ.get('TIKTOKEN_CACHE_DIR'):
+        pytest.skip('no tiktoken cache: set TIKTOKEN_CACHE_DIR (tests never use the network)')
+
+
+def load_script(path, name):
+    """Import a script that is not on the path (e.g. data/shakespeare_char/prepare.py) as a module."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(script, *args, cwd, timeout=300, env=None):
+    """Run one of the project's scripts as a user would, in cwd; returns the CompletedProcess."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def char_data(tmp_path):
+    """A working folder with data/shakespeare_char prepared from (the first 200k characters of) Shakespeare."""
+    data_dir = tmp_path / 'data' / 'shakespeare_char'
+    data_dir.mkdir(parents=True)
+    (data_dir / 'input.txt').write_text(shakespeare_text()[:200_000], encoding='utf-8')
+    load_script('data/shakespeare_char/prepare.py', 'prepare_char').prepare(str(data_dir))
+    return tmp_path
+
+
+# the settings of a tiny model that trains in seconds on a CPU
+TINY = ['--dataset=shakespeare_char', '--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2',
+        '--n_embd=32', '--block_size=32', '--batch_size=4', '--gradient_accumulation_steps=1',
+        '--eval_iters=4', '--eval_interval=5', '--log_interval=1', '--warmup_iters=2', '--lr_decay_iters=20',
+        '--learning_rate=3e-3', '--dropout=0.0']

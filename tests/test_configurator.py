@@ -1,0 +1,128 @@
+import pytest
+
+from configurator import ConfigError, config_from_globals, parse_config
+
+DEFAULTS = {'batch_size': 12, 'learning_rate': 6e-4, 'compile': None, 'out_dir': 'out', 'start': '\n',
+            'decay_lr': True, 'wandb_run_name': 'gpt2', 'top_k': 200}
+TYPES = {'compile': bool}
+
+
+def parse(*argv):
+    return parse_config(DEFAULTS, list(argv), TYPES)
+
+
+def test_defaults_untouched():
+    assert parse() == DEFAULTS
+
+
+def test_literals():
+    c = parse('--batch_size=32', '--learning_rate=1e-3', '--decay_lr=False', '--compile=True')
+    assert c['batch_size'] == 32 and c['learning_rate'] == 1e-3 and c['decay_lr'] is False
+    assert c['compile'] is True
+
+
+def test_none_allowed_where_declared():
+    assert parse('--compile=None')['compile'] is None
+
+
+def test_bare_strings():
+    assert parse('--out_dir=out-shakespeare')['out_dir'] == 'out-shakespeare'
+    assert parse('--start=Once upon a time')['start'] == 'Once upon a time'
+    assert parse("--start='quoted'")['start'] == 'quoted'
+    # a string setting keeps what was typed, even when it reads as a number
+    assert parse('--start=42')['start'] == '42'
+
+
+def test_value_containing_equals():
+    assert parse('--start=a=b=c')['start'] == 'a=b=c'
+    assert parse('--start=FILE:x=1.txt')['start'] == 'FILE:x=1.txt'
+
+
+def test_int_for_float_is_accepted():
+    c = parse('--learning_rate=1')
+    assert c['learning_rate'] == 1.0 and isinstance(c['learning_rate'], float)
+
+
+@pytest.mark.parametrize('arg, message', [
+    ('--batch_size=abc', "batch_size='abc' has type str; expected int"),
+    ('--batch_size=1.5', "batch_size=1.5 has type float; expected int"),
+    ('--batch_size=True', "batch_size=True has type bool; expected int"),
+    ('--decay_lr=1', "decay_lr=1 has type int; expected bool"),
+    ('--compile=yes', "compile='yes' has type str; expected bool"),
+])
+def test_wrong_type(arg, message):
+    with pytest.raises(ConfigError) as e:
+        parse(arg)
+    assert message in str(e.value)
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'lerning_rate' \(did you mean 'learning_rate'\?\)"):
+        parse('--lerning_rate=1e-3')
+    with pytest.raises(ConfigError, match=r"unknown config key 'zzz'$"):
+        parse('--zzz=1')
+
+
+def test_argument_without_value():
+    with pytest.raises(ConfigError, match='has no value'):
+        parse('--batch_size')
+
+
+def test_config_file_overrides_in_order(tmp_path):
+    path = tmp_path / 'cfg.py'
+    path.write_text("import math\n# a comment\nbatch_size = 4 * 8\nout_dir = 'out-' + str(batch_size)\n"
+                    "learning_rate = 1\n_scratch = 3\n")
+    c = parse(str(path))
+    assert c['batch_size'] == 32 and c['out_dir'] == 'out-32' and c['learning_rate'] == 1.0
+    # later arguments win
+    assert parse(str(path), '--batch_size=2')['batch_size'] == 2
+    assert parse('--batch_size=2', str(path))['batch_size'] == 32
+
+
+def test_config_file_sees_earlier_values(tmp_path):
+    path = tmp_path / 'cfg.py'
+    path.write_text("batch_size = batch_size * 2\n")
+    assert parse('--batch_size=5', str(path))['batch_size'] == 10
+
+
+def test_config_file_typo_is_an_error(tmp_path):
+    path = tmp_path / 'cfg.py'
+    path.write_text("batch_sise = 4\n")
+    with pytest.raises(ConfigError, match=r"cfg.py: unknown config key 'batch_sise' \(did you mean 'batch_size'\?\)"):
+        parse(str(path))
+
+
+def test_config_file_wrong_type(tmp_path):
+    path = tmp_path / 'cfg.py'
+    path.write_text("batch_size = '4'\n")
+    with pytest.raises(ConfigError, match="batch_size='4' has type str; expected int"):
+        parse(str(path))
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="config file 'config/nope.py' not found"):
+        parse('config/nope.py')
+
+
+def test_config_file_syntax_error(tmp_path):
+    path = tmp_path / 'cfg.py'
+    path.write_text("batch_size = = 4\n")
+    with pytest.raises(ConfigError, match='line 1'):
+        parse(str(path))
+
+
+def test_config_from_globals_takes_plain_values_only():
+    namespace = {'a': 1, 'b': 'x', 'c': None, 'd': 1.5, 'e': True, '_private': 1, 'f': [1], 'g': print}
+    assert config_from_globals(namespace) == {'a': 1, 'b': 'x', 'c': None, 'd': 1.5, 'e': True}
+
+
+def test_shipped_config_files_are_valid():
+    import glob
+    import os
+
+    import sample
+    import train
+    from conftest import REPO
+    for path in sorted(glob.glob(os.path.join(REPO, 'config', '*.py'))):
+        defaults = sample.DEFAULTS if os.path.basename(path).startswith('sample') else train.DEFAULTS
+        parse_config(defaults, [path], train.TYPES)

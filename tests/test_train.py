@@ -1,0 +1,137 @@
+import json
+import math
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from common import load_checkpoint, load_meta
+from conftest import TINY, run_script
+
+
+def lr_cfg(**kw):
+    args = dict(decay_lr=True, learning_rate=6e-4, min_lr=6e-5, warmup_iters=100, lr_decay_iters=1000)
+    args.update(kw)
+    return SimpleNamespace(**args)
+
+
+def test_lr_schedule():
+    cfg = lr_cfg()
+    assert train.get_lr(0, cfg) == pytest.approx(6e-4 / 101)  # never 0 at step 0
+    assert train.get_lr(0, cfg) > 0
+    assert train.get_lr(99, cfg) == pytest.approx(6e-4 * 100 / 101)
+    assert train.get_lr(100, cfg) == pytest.approx(6e-4)  # warmup end: the peak
+    assert train.get_lr(550, cfg) == pytest.approx((6e-4 + 6e-5) / 2)  # half way down the cosine
+    assert train.get_lr(1000, cfg) == pytest.approx(6e-5)  # decay end
+    assert train.get_lr(5000, cfg) == 6e-5  # beyond
+    lrs = [train.get_lr(i, cfg) for i in range(100, 1001)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert train.get_lr(7, lr_cfg(decay_lr=False)) == 6e-4
+
+
+def test_get_batch_is_a_function_of_its_key(tmp_path):
+    path = tmp_path / 'train.bin'
+    np.arange(1000, dtype=np.uint16).tofile(path)
+    x1, y1 = train.get_batch(str(path), 4, 8, 1337, 0, 5, 1)
+    x2, y2 = train.get_batch(str(path), 4, 8, 1337, 0, 5, 1)
+    x3, _ = train.get_batch(str(path), 4, 8, 1337, 0, 5, 2)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and not torch.equal(x1, x3)
+    assert x1.dtype == torch.int64 and x1.shape == (4, 8)
+    torch.testing.assert_close(y1[:, :-1], x1[:, 1:])  # targets are the inputs shifted by one
+    torch.testing.assert_close(y1, x1 + 1)  # this data counts up
+
+
+def test_eval_batches_do_not_depend_on_training_batches(tmp_path):
+    path = tmp_path / 'val.bin'
+    np.arange(1000, dtype=np.uint16).tofile(path)
+    a, _ = train.get_batch(str(path), 4, 8, 1, train.EVAL_BATCH, 1, 0)
+    b, _ = train.get_batch(str(path), 4, 8, 1, train.TRAIN_BATCH, 1, 0)
+    assert not torch.equal(a, b)
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, 'log.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_train_in_process_saves_final_weights(char_data, monkeypatch):
+    monkeypatch.chdir(char_data)
+    cfg = dict(train.DEFAULTS, dataset='shakespeare_char', device='cpu', compile=False, n_layer=1, n_head=2, n_embd=16,
+               block_size=16, batch_size=2, gradient_accumulation_steps=2, eval_iters=2, eval_interval=4,
+               max_iters=6, warmup_iters=1, lr_decay_iters=6, out_dir=str(char_data / 'out'),
+               always_save_checkpoint=True)
+    result = train.train(cfg)
+    assert result['iter_num'] == 6
+    ckpt = load_checkpoint(str(char_data / 'out' / 'ckpt.pt'))
+    # the last step was evaluated and saved: nanoGPT's loop stops one step past and loses it
+    assert ckpt['iter_num'] == 6
+    assert set(ckpt) >= {'model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config'}
+    vocab_size = load_meta(str(char_data / 'data' / 'shakespeare_char' / 'meta.pkl'))['vocab_size']
+    assert ckpt['model_args'] == {'n_layer': 1, 'n_head': 2, 'n_embd': 16, 'block_size': 16, 'bias': False,
+                                  'vocab_size': vocab_size}
+    assert not any(k.startswith('_orig_mod.') for k in ckpt['model'])
+    for k, v in result['model'].state_dict().items():
+        assert torch.equal(ckpt['model'][k], v)
+    log = read_log(char_data / 'out')
+    assert [r['iter'] for r in log if 'val_loss' in r] == [0, 4, 6]
+    assert [r['iter'] for r in log if 'loss' in r] == [1, 2, 3, 4, 5, 6]
+    assert all(math.isfinite(r['loss']) for r in log if 'loss' in r)
+
+
+@pytest.mark.slow
+def test_train_resume_sample_end_to_end(char_data):
+    out = str(char_data / 'out')
+    r = run_script('train.py', *TINY, f'--out_dir={out}', '--max_iters=10', cwd=char_data)
+    assert r.returncode == 0, r.stderr
+    assert 'iter 10: loss' in r.stdout and 'tok/s' in r.stdout and 'mfu' in r.stdout and 'eta' in r.stdout
+    ckpt = load_checkpoint(os.path.join(out, 'ckpt.pt'))
+    assert ckpt['iter_num'] == 10
+    first_best = float(ckpt['best_val_loss'])
+
+    r = run_script('train.py', *TINY, f'--out_dir={out}', '--max_iters=15', '--init_from=resume', cwd=char_data)
+    assert r.returncode == 0, r.stderr
+    assert 'resuming from iteration 10' in r.stdout
+    assert 'iter 11: loss' in r.stdout and 'iter 10: loss' not in r.stdout
+    ckpt = load_checkpoint(os.path.join(out, 'ckpt.pt'))
+    assert ckpt['iter_num'] == 15 and float(ckpt['best_val_loss']) <= first_best
+
+    r = run_script('sample.py', f'--out_dir={out}', '--device=cpu', '--num_samples=2', '--max_new_tokens=40',
+                   '--start=ROMEO:', cwd=char_data)
+    assert r.returncode == 0, r.stderr
+    samples = [s for s in r.stdout.split('---------------') if s.strip()]
+    assert len(samples) == 2 and all('ROMEO:' in s for s in samples)
+
+    # eval_only reports the loss of the saved model and writes nothing
+    before = os.path.getmtime(os.path.join(out, 'ckpt.pt'))
+    r = run_script('train.py', *TINY, f'--out_dir={out}', '--init_from=resume', '--eval_only=True', cwd=char_data)
+    assert r.returncode == 0, r.stderr
+    assert 'step 15: train loss' in r.stdout
+    assert os.path.getmtime(os.path.join(out, 'ckpt.pt')) == before
+
+
+def test_gradient_accumulation_averages_micro_batches(char_data, monkeypatch):
+    """One step on 2 micro-batches of 2 equals one step on the same 4 windows at once (no clipping, no decay)."""
+    monkeypatch.chdir(char_data)
+    base = dict(train.DEFAULTS, dataset='shakespeare_char', device='cpu', compile=False, n_layer=1, n_head=2,
+                n_embd=16, block_size=16, eval_iters=1, eval_interval=100, max_iters=1, warmup_iters=0,
+                decay_lr=False, grad_clip=0.0, weight_decay=0.0, always_save_checkpoint=True)
+    accumulated = train.train(dict(base, batch_size=2, gradient_accumulation_steps=2,
+                                   out_dir=str(char_data / 'a')))['model']
+
+    # the same windows in one batch of 4, by hand
+    path = str(char_data / 'data' / 'shakespeare_char' / 'train.bin')
+    batches = [train.get_batch(path, 2, 16, base['seed'], train.TRAIN_BATCH, 0, m) for m in range(2)]
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    torch.manual_seed(base['seed'])
+    vocab_size = load_meta(str(char_data / 'data' / 'shakespeare_char' / 'meta.pkl'))['vocab_size']
+    reference = train.init_model(SimpleNamespace(**base), vocab_size, None)[0]
+    opt = reference.configure_optimizers(0.0, base['learning_rate'], (base['beta1'], base['beta2']), 'cpu')
+    _, loss = reference(x, y)
+    loss.backward()
+    opt.step()
+    for (name, a), b in zip(accumulated.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
