@@ -157,6 +157,12 @@ def load_checkpoint(path, map_location='cpu'):
         raise UserError(f"no checkpoint at '{path}'; train first or point --out_dir at a run's folder")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if 'Weights only load failed' not in str(e):
+            raise UserError(f"checkpoint '{path}' is damaged or not a checkpoint ({e}); "
+                            f"use another checkpoint or train again") from None
+        raise UserError(f"checkpoint '{path}' holds objects other than tensors and plain data, which could run "
+                        f"code when loaded; refusing it (load it yourself only if you trust its source)") from None
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"checkpoint '{path}' is damaged or not a checkpoint ({reason}); "

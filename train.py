@@ -292,7 +292,7 @@ def _train(cfg, rt, stop):
         if rt.ddp:
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         if flags[0].item():
-            raise UserError(f"the loss became non-finite (nan or inf) before iteration {iter_num}; stopped "
+            raise UserError(f"the loss became non-finite (nan or inf) by iteration {iter_num}; stopped "
                             f"without saving, so the last checkpoint in '{cfg.out_dir}' is intact; lower "
                             f"learning_rate or raise warmup_iters, then resume")
         return bool(flags[1].item())
@@ -323,6 +323,7 @@ def _train(cfg, rt, stop):
                 save('ckpt.pt')
             elif final and iter_num > start_iter:
                 save('ckpt_last.pt')  # the final weights are kept too, without replacing the best ones
+            t0 = time.time()  # time the training steps alone
         if final:
             break
 

@@ -1,0 +1,101 @@
+import functools
+import http.server
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from common import UserError, load_meta
+from conftest import SHAKESPEARE, load_script, shakespeare_text
+
+prepare_char = load_script('data/shakespeare_char/prepare.py', 'prepare_char')
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A loopback HTTP server over tmp_path/'www' (it honours Range requests); yields its base URL."""
+    root = tmp_path / 'www'
+    root.mkdir()
+    handler = functools.partial(RangeHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f'http://127.0.0.1:{server.server_address[1]}'
+    server.shutdown()
+    server.server_close()
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    requests_seen = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        RangeHandler.requests_seen.append((self.path, self.headers.get('Range')))
+        path = self.translate_path(self.path)
+        try:
+            data = open(path, 'rb').read()
+        except OSError:
+            self.send_error(404)
+            return
+        start = 0
+        if self.headers.get('Range'):
+            start = int(self.headers['Range'].split('=')[1].split('-')[0])
+            self.send_response(206)
+        else:
+            self.send_response(200)
+        self.send_header('Content-Length', str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+
+
+def check_char_outputs(data_dir, text):
+    meta = load_meta(str(data_dir / 'meta.pkl'))
+    chars = sorted(set(text))
+    assert meta['vocab_size'] == len(chars)
+    assert [meta['itos'][i] for i in range(len(chars))] == chars
+    assert meta['stoi'] == {c: i for i, c in enumerate(chars)}
+    train = np.fromfile(data_dir / 'train.bin', dtype=np.uint16)
+    val = np.fromfile(data_dir / 'val.bin', dtype=np.uint16)
+    n = int(len(text) * 0.9)
+    assert ''.join(meta['itos'][i] for i in train) == text[:n]
+    assert ''.join(meta['itos'][i] for i in val) == text[n:]
+    return len(train), len(val)
+
+
+def test_prepare_from_local_input(tmp_path, capsys):
+    text = shakespeare_text()
+    (tmp_path / 'input.txt').write_text(text, encoding='utf-8')
+    prepare_char.prepare(str(tmp_path), url='http://127.0.0.1:9/never-used')
+    counts = check_char_outputs(tmp_path, text)
+    out = capsys.readouterr().out
+    assert f'train has {counts[0]:,} tokens' in out and f'val has {counts[1]:,} tokens' in out
+
+
+def test_prepare_known_figures(tmp_path):
+    if not os.path.exists(SHAKESPEARE):
+        pytest.skip('Tiny Shakespeare fixture not found (set NANOGPT_FIXTURES)')
+    (tmp_path / 'input.txt').write_text(shakespeare_text(), encoding='utf-8')
+    prepare_char.prepare(str(tmp_path))
+    assert check_char_outputs(tmp_path, shakespeare_text()) == (1_003_854, 111_540)
+    assert load_meta(str(tmp_path / 'meta.pkl'))['vocab_size'] == 65
+
+
+def test_prepare_downloads_over_http(tmp_path, http_server):
+    root, url = http_server
+    text = shakespeare_text()[:50_000]
+    (root / 'input.txt').write_text(text, encoding='utf-8')
+    data_dir = tmp_path / 'data'
+    data_dir.mkdir()
+    prepare_char.prepare(str(data_dir), url=f'{url}/input.txt')
+    assert (data_dir / 'input.txt').read_text(encoding='utf-8') == text
+    check_char_outputs(data_dir, text)
+
+
+def test_failed_download_says_where_to_put_the_file(tmp_path, http_server):
+    _, url = http_server
+    with pytest.raises(UserError, match=r"put Tiny Shakespeare at '.*input.txt' by hand"):
+        prepare_char.prepare(str(tmp_path), url=f'{url}/missing.txt')
+    assert not (tmp_path / 'input.txt').exists()
