@@ -211,7 +211,8 @@ def download(url, path, sha256=None, size=None, chunk_size=1 << 20, retries=3, t
     part = f'{path}.part'
     for attempt in range(1, retries + 1):
         have = os.path.getsize(part) if os.path.exists(part) else 0
-        headers = {'Range': f'bytes={have}-'} if have else {}
+        # identity: a compressed transfer would make the byte counts and ranges those of the compressed stream
+        headers = {'Accept-Encoding': 'identity', **({'Range': f'bytes={have}-'} if have else {})}
         try:
             with requests.get(url, headers=headers, stream=True, timeout=timeout) as r:
                 if r.status_code == 416:  # the range starts at the end: the part file is already whole

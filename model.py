@@ -106,6 +106,16 @@ class GPTConfig:
     bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
 
 
+# OpenAI's four GPT-2 checkpoints (layers and widths as in the GPT-2 paper, Table 2); all have GPT-2's
+# 50257-token vocabulary, 1024 positions and biases. GPT.from_pretrained downloads them from the Hugging Face hub.
+GPT2_SIZES = {
+    'gpt2': dict(n_layer=12, n_head=12, n_embd=768),  # 124M params
+    'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),  # 350M params
+    'gpt2-large': dict(n_layer=36, n_head=20, n_embd=1280),  # 774M params
+    'gpt2-xl': dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
+}
+
+
 # Dense bf16 tensor-core peak FLOPS from the vendors' data sheets; matched against the CUDA device name.
 GPU_PEAK_FLOPS = {
     'H200': 989e12,
@@ -203,6 +213,28 @@ class GPT(nn.Module):
             logits = self.lm_head(x[:, [-1], :])  # (b, 1, vocab_size)
             loss = None
         return logits, loss
+
+    @classmethod
+    def from_pretrained(cls, model_type, override_args=None):
+        """
+        OpenAI's GPT-2 by name ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'), downloaded once into a local
+        cache, or any GPT-2-architecture model in a Hugging Face folder on disk (config.json plus weights).
+        hf.py reads Hugging Face's files and maps their names and layout onto this model's.
+        """
+        import hf  # only pretrained models need it
+        override_args = override_args or {}
+        if set(override_args) - {'dropout'}:
+            raise ValueError(f"only dropout can be overridden, not {sorted(set(override_args) - {'dropout'})}")
+        if model_type in GPT2_SIZES:
+            config_args = dict(GPT2_SIZES[model_type], vocab_size=50257, block_size=1024, bias=True)
+            weights = hf.read_safetensors(hf.gpt2_safetensors(model_type))
+        else:
+            config_args = hf.read_config(model_type)
+            weights = hf.read_weights(model_type)
+        print(f"loading weights from pretrained gpt: {model_type}")
+        model = cls(GPTConfig(**config_args, **override_args))
+        hf.load_weights(model, weights, source=model_type)
+        return model
 
     def crop_block_size(self, block_size):
         """Shrink the context length, e.g. to finetune GPT-2 (1024) with a smaller block_size."""

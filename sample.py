@@ -4,6 +4,7 @@ Sample from a trained model.
 $ python sample.py --out_dir=out-shakespeare-char
 $ python sample.py --start="Once upon a time" --num_samples=3 --max_new_tokens=100
 $ python sample.py --start=FILE:prompt.txt
+$ python sample.py --init_from=gpt2-xl --start="What is the answer to life, the universe, and everything?"
 """
 
 import os
@@ -14,10 +15,10 @@ import torch
 
 from common import UserError, load_checkpoint, load_meta, run_main, setup
 from configurator import config_from_globals, load_config
-from model import GPT, GPTConfig
+from model import GPT, GPT2_SIZES, GPTConfig
 
 # -----------------------------------------------------------------------------
-init_from = 'resume'  # 'resume' (from out_dir)
+init_from = 'resume'  # 'resume' (from out_dir), 'gpt2'..'gpt2-xl', or a Hugging Face GPT-2 folder
 out_dir = 'out'  # ignored if init_from is not 'resume'
 start = "\n"  # or "<|endoftext|>" or etc. Can also specify a file, use as: "FILE:prompt.txt"
 num_samples = 10  # number of samples to draw
@@ -43,7 +44,10 @@ def load_model(cfg):
         state_dict = {k: v for k, v in checkpoint['model'].items() if not k.endswith('.attn.bias')}
         model.load_state_dict(state_dict)
         return model, checkpoint.get('config', {})
-    raise UserError(f"unknown init_from '{cfg.init_from}'; use 'resume'")
+    if cfg.init_from in GPT2_SIZES or os.path.isdir(cfg.init_from):
+        return GPT.from_pretrained(cfg.init_from), {}  # no dataset, so decoded with GPT-2's BPE
+    raise UserError(f"unknown init_from '{cfg.init_from}'; use 'resume', one of {', '.join(GPT2_SIZES)}, "
+                    f"or a Hugging Face model folder")
 
 
 def get_codec(train_config):

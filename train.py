@@ -26,10 +26,11 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+import hf
 from common import (UserError, load_checkpoint, load_meta, print0, run_main, save_checkpoint, setup,
                     teardown)
 from configurator import config_from_globals, load_config
-from model import GPT, GPTConfig
+from model import GPT, GPT2_SIZES, GPTConfig
 
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText
@@ -40,7 +41,7 @@ log_interval = 1
 eval_iters = 200
 eval_only = False  # if True, script exits right after the first eval
 always_save_checkpoint = True  # if True, always save a checkpoint after each eval
-init_from = 'scratch'  # 'scratch' or 'resume'
+init_from = 'scratch'  # 'scratch', 'resume', 'gpt2'..'gpt2-xl', or a Hugging Face GPT-2 folder
 # wandb logging
 wandb_log = False  # disabled by default
 wandb_project = 'owt'
@@ -149,7 +150,10 @@ def estimate_loss(model, paths, cfg, rt):
 
 
 def init_model(cfg, meta_vocab_size, out_dir):
-    """Build the model: from scratch, or from the run in out_dir. Returns (model, checkpoint or None)."""
+    """
+    Build the model: from scratch, from the run in out_dir, or from pretrained weights (OpenAI's GPT-2 by name,
+    or a Hugging Face folder). Returns (model, checkpoint or None).
+    """
     if cfg.init_from == 'scratch':
         model_args = {k: getattr(cfg, k) for k in MODEL_ARGS if k != 'vocab_size'}
         if meta_vocab_size is None:
@@ -165,7 +169,12 @@ def init_model(cfg, meta_vocab_size, out_dir):
         state_dict = {k: v for k, v in checkpoint['model'].items() if not k.endswith('.attn.bias')}
         model.load_state_dict(state_dict)
         return model, checkpoint
-    raise UserError(f"unknown init_from '{cfg.init_from}'; use 'scratch' or 'resume'")
+    if cfg.init_from in GPT2_SIZES or os.path.isdir(cfg.init_from):
+        print0(f"initializing from pretrained weights: {cfg.init_from}")
+        # the shape, vocabulary and biases are the pretrained model's; the checkpoint's model_args record them
+        return GPT.from_pretrained(cfg.init_from, dict(dropout=cfg.dropout)), None
+    raise UserError(f"unknown init_from '{cfg.init_from}'; use 'scratch', 'resume', one of "
+                    f"{', '.join(GPT2_SIZES)}, or a Hugging Face model folder")
 
 
 def resume_path(out_dir):
@@ -221,6 +230,11 @@ def _train(cfg, rt, stop):
     meta_path = os.path.join(data_dir, 'meta.pkl')
     meta_vocab_size = load_meta(meta_path)['vocab_size'] if os.path.exists(meta_path) else None
 
+    if rt.ddp and cfg.init_from in GPT2_SIZES:
+        # one process per node downloads OpenAI's weights into the cache while the others wait
+        if rt.local_rank == 0:
+            hf.gpt2_safetensors(cfg.init_from)
+        torch.distributed.barrier()
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
     model, checkpoint = init_model(cfg, meta_vocab_size, cfg.out_dir)
     if cfg.block_size < model.config.block_size:

@@ -1,0 +1,8 @@
+# the val loss of OpenAI's gpt2-medium (350M parameters; n_layer=24, n_head=16, n_embd=1024) on OpenWebText;
+# expect about 2.84. Needs data/openwebtext prepared.
+# $ python train.py config/eval_gpt2_medium.py
+batch_size = 8
+eval_iters = 500  # 500 batches of 8 x 1024 tokens: about 4M tokens, for a steady estimate
+eval_only = True
+wandb_log = False
+init_from = 'gpt2-medium'

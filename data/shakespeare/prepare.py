@@ -1,0 +1,48 @@
+"""
+Prepare Tiny Shakespeare for GPT-2: tokens of GPT-2's BPE (tiktoken), the first 90% of the characters for
+training and the rest for validation. Writes train.bin (301,966 tokens) and val.bin (36,059 tokens) as uint16
+beside this file; there is no meta.pkl, the vocabulary is GPT-2's. Uses input.txt here if present, else
+downloads it.
+"""
+
+import os
+import sys
+
+import numpy as np
+import requests
+import tiktoken
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from common import UserError, download, run_main  # noqa: E402
+
+DATA_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+
+
+def prepare(data_dir, url=DATA_URL):
+    input_path = os.path.join(data_dir, 'input.txt')
+    if not os.path.exists(input_path):
+        try:
+            download(url, input_path)
+        except UserError as e:
+            raise UserError(f"{e}; or put Tiny Shakespeare at '{input_path}' by hand") from None
+    with open(input_path, 'r', encoding='utf-8') as f:
+        data = f.read()
+    print(f"length of dataset in characters: {len(data):,}")
+
+    try:
+        enc = tiktoken.get_encoding('gpt2')
+    except requests.RequestException as e:
+        raise UserError(f"could not fetch GPT-2's BPE files ({type(e).__name__}); tiktoken downloads them once, "
+                        f"or set TIKTOKEN_CACHE_DIR to a folder that holds them") from None
+    # split by characters, then encode each part: ordinary, so a literal '<|endoftext|>' is plain text
+    n = len(data)
+    train_ids = np.array(enc.encode_ordinary(data[:int(n * 0.9)]), dtype=np.uint16)
+    val_ids = np.array(enc.encode_ordinary(data[int(n * 0.9):]), dtype=np.uint16)
+    print(f"train has {len(train_ids):,} tokens")
+    print(f"val has {len(val_ids):,} tokens")
+    train_ids.tofile(os.path.join(data_dir, 'train.bin'))
+    val_ids.tofile(os.path.join(data_dir, 'val.bin'))
+
+
+if __name__ == '__main__':
+    run_main(lambda: prepare(os.path.dirname(os.path.abspath(__file__))))

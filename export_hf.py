@@ -1,0 +1,58 @@
+"""
+Export a checkpoint of train.py as a Hugging Face GPT-2 folder (config.json plus model.safetensors), which
+transformers loads with GPT2LMHeadModel.from_pretrained(hf_dir), and GPT.from_pretrained(hf_dir) loads back.
+
+$ python export_hf.py --out_dir=out-shakespeare --hf_dir=gpt2-shakespeare
+
+A model trained with bias=False gets zero biases (HF's GPT-2 always has them); a padded vocabulary stays
+padded. The folder holds no tokenizer: a model trained on GPT-2's BPE pairs with AutoTokenizer's 'gpt2'.
+"""
+
+import os
+from types import SimpleNamespace
+
+import hf
+from common import PTDTYPES, UserError, load_checkpoint, run_main
+from configurator import config_from_globals, load_config
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+out_dir = 'out'  # the run to export
+checkpoint = 'ckpt.pt'  # or 'ckpt_last.pt': the final weights of a run whose last eval was not its best
+hf_dir = None  # where to write the Hugging Face folder; None: out_dir + '-hf'
+dtype = 'float32'  # of the written weights: 'float32', 'bfloat16' or 'float16' (half the size)
+# -----------------------------------------------------------------------------
+DEFAULTS = config_from_globals(globals())
+TYPES = {'hf_dir': str}
+
+
+def export(cfg):
+    """Write the checkpoint in cfg.out_dir as a Hugging Face folder; returns the folder's path."""
+    cfg = SimpleNamespace(**cfg) if isinstance(cfg, dict) else cfg
+    if cfg.dtype not in PTDTYPES:
+        raise UserError(f"unknown dtype '{cfg.dtype}'; use float32, bfloat16 or float16")
+    ckpt = load_checkpoint(os.path.join(cfg.out_dir, cfg.checkpoint))
+    model_args = {k: ckpt['model_args'][k] for k in GPTConfig.__dataclass_fields__
+                  if k in ckpt['model_args'] and k != 'dropout'}
+    # the training dropout goes into config.json, for finetuning with transformers
+    model = GPT(GPTConfig(**model_args, dropout=ckpt.get('config', {}).get('dropout', 0.0)))
+    state_dict = {k: v for k, v in ckpt['model'].items() if not k.endswith('.attn.bias')}
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint '{os.path.join(cfg.out_dir, cfg.checkpoint)}' does not match its own "
+                        f"model_args ({str(e).splitlines()[0]})") from None
+    hf_dir = cfg.hf_dir or cfg.out_dir.rstrip('/\\') + '-hf'
+    hf.save_pretrained(model, hf_dir, PTDTYPES[cfg.dtype])
+    n_params = model.get_num_params(non_embedding=False)
+    print(f"wrote {hf_dir}: config.json and model.safetensors ({n_params / 1e6:.2f}M parameters, "
+          f"vocab_size {model.config.vocab_size}, block_size {model.config.block_size})")
+    return hf_dir
+
+
+def main(argv=None):
+    export(load_config(DEFAULTS, argv, TYPES))
+
+
+if __name__ == '__main__':
+    run_main(main)

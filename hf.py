@@ -1,0 +1,294 @@
+"""
+Hugging Face's formats, with no transformers dependency: safetensors files, GPT-2's names and layout there,
+model folders (config.json plus weights), and downloads from the hub into a local cache.
+model.py's GPT.from_pretrained reads with this; export_hf.py writes with it.
+
+The cache is $NANOGPT_CACHE if set, else $HF_HOME/nanogpt (HF_HOME defaults to ~/.cache/huggingface).
+HF_ENDPOINT points at another hub (a mirror); HF_HUB_OFFLINE=1 allows no network at all.
+"""
+
+import json
+import os
+import struct
+
+import numpy as np
+import requests
+import torch
+
+from common import UserError, download
+
+# -----------------------------------------------------------------------------
+# safetensors: an 8-byte little-endian header length, a JSON header giving each tensor's dtype, shape and
+# byte range in the data that follows, then the raw little-endian tensors.
+# https://github.com/huggingface/safetensors
+
+DTYPES = {
+    'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
+    'I64': torch.int64, 'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8, 'U8': torch.uint8,
+    'BOOL': torch.bool,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+MAX_HEADER = 100 << 20  # the safetensors library's own limit on the JSON header
+
+
+def read_safetensors(path):
+    """
+    The tensors of a safetensors file, by name. They are views of a copy-on-write memory map of the file,
+    so a 6 GB checkpoint is paged in as it is used, not read into memory up front.
+    """
+    size = os.path.getsize(path)
+    with open(path, 'rb') as f:
+        head = f.read(8)
+        n = struct.unpack('<Q', head)[0] if len(head) == 8 else None
+        if n is None or n > min(MAX_HEADER, size - 8):
+            raise UserError(f"'{path}' is not a safetensors file (its header length is missing or wrong)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise UserError(f"'{path}' is not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise UserError(f"'{path}' is not a safetensors file (its header is not a JSON object)")
+    header.pop('__metadata__', None)
+    data = torch.from_numpy(np.memmap(path, dtype=np.uint8, mode='c'))  # 'c': writable, never written back
+    tensors = {}
+    for name, info in header.items():
+        try:
+            dtype, shape, (begin, end) = DTYPES[info['dtype']], info['shape'], info['data_offsets']
+            begin, end, numel = int(begin) + 8 + n, int(end) + 8 + n, int(np.prod(shape, dtype=np.int64))
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"'{path}': tensor '{name}' has an unsupported dtype or a malformed entry "
+                            f"({info}); dtypes read here: {', '.join(DTYPES)}") from None
+        itemsize = torch.tensor([], dtype=dtype).element_size()
+        if not 8 + n <= begin <= end <= size or end - begin != itemsize * numel:
+            raise UserError(f"'{path}' is truncated or damaged: tensor '{name}' does not fit its byte range; "
+                            f"download or save it again")
+        raw = data[begin:end]
+        if begin % itemsize:
+            raw = raw.clone()  # a view as a wider dtype must start at a multiple of its size
+        tensors[name] = raw.view(dtype).view(shape)
+    return tensors
+
+
+def write_safetensors(tensors, path, metadata=None):
+    """Write tensors (a dict of name to tensor) as a safetensors file, atomically."""
+    header, offset = {'__metadata__': metadata or {}}, 0
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        header[name] = {'dtype': DTYPE_NAMES[t.dtype], 'shape': list(t.shape),
+                        'data_offsets': [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(',', ':')).encode()
+    blob += b' ' * (-len(blob) % 8)  # pad with spaces so that the data starts 8-byte aligned
+    tmp = f'{path}.tmp'
+    with open(tmp, 'wb') as f:
+        f.write(struct.pack('<Q', len(blob)))
+        f.write(blob)
+        for t in tensors.values():
+            f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    os.replace(tmp, path)
+
+
+# -----------------------------------------------------------------------------
+# GPT-2 in Hugging Face's layout: the same names as model.py, with or without a 'transformer.' prefix
+
+# HF's GPT-2 uses Conv1D for these, whose weight is (in, out): the transpose of nn.Linear's (out, in)
+CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+# the weights whose module has a bias in HF's GPT-2, which always has biases
+WITH_BIAS = ('ln_1.weight', 'ln_2.weight', 'ln_f.weight') + CONV1D
+# the fallback attention's causal mask and its fill value: buffers, not weights
+BUFFERS = ('.attn.bias', '.attn.masked_bias')
+
+
+def from_hf(hf_state_dict):
+    """HF GPT-2 tensors in model.py's names and layout. lm_head.weight, tied to wte, is left out."""
+    state_dict = {}
+    for k, v in hf_state_dict.items():
+        k = k.removeprefix('transformer.')
+        if k.endswith(BUFFERS) or k == 'lm_head.weight':
+            continue
+        state_dict['transformer.' + k] = v.t() if k.endswith(CONV1D) else v
+    return state_dict
+
+
+def to_hf(state_dict, dtype=torch.float32):
+    """model.py's state dict in HF GPT-2's names and layout; a model without biases gets zero biases."""
+    hf_state_dict = {}
+    for k, v in state_dict.items():
+        if k == 'lm_head.weight' or k.endswith(BUFFERS):
+            continue  # HF's file leaves out the tied lm_head too
+        hf_state_dict[k] = (v.t() if k.endswith(CONV1D) else v).to(dtype).contiguous()
+        bias = k.removesuffix('weight') + 'bias'
+        if k.endswith(WITH_BIAS) and bias not in state_dict:
+            hf_state_dict[bias] = torch.zeros(v.shape[0], dtype=dtype)  # out_features, or LayerNorm's width
+    return hf_state_dict
+
+
+def load_weights(model, hf_state_dict, source):
+    """Copy HF GPT-2 tensors into model; a missing, extra or misshapen tensor is a UserError naming source."""
+    lm_head = hf_state_dict.get('lm_head.weight')
+    state_dict = from_hf(hf_state_dict)
+    wte = state_dict.get('transformer.wte.weight')
+    if lm_head is not None and wte is not None and not torch.equal(lm_head, wte):
+        raise UserError(f"'{source}' has an output layer apart from its token embedding; "
+                        f"model.py ties the two, like GPT-2")
+    params = {k: v for k, v in model.state_dict().items() if k != 'lm_head.weight'}
+    missing, unexpected = sorted(params.keys() - state_dict.keys()), sorted(state_dict.keys() - params.keys())
+    if missing or unexpected:
+        raise UserError(f"'{source}' is not a GPT-2 model of the size its config gives: "
+                        f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    with torch.no_grad():
+        for k, v in state_dict.items():
+            if v.shape != params[k].shape:
+                raise UserError(f"'{source}': {k} has shape {tuple(v.shape)}, the config gives "
+                                f"{tuple(params[k].shape)}")
+            params[k].copy_(v)
+
+
+# -----------------------------------------------------------------------------
+# model folders, as transformers' save_pretrained writes them
+
+WEIGHT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
+                'pytorch_model.bin.index.json')
+# what model.py cannot vary: config.json key, its default in transformers' GPT2Config, the values allowed
+FIXED = [
+    ('activation_function', 'gelu_new', ('gelu_new', 'gelu_pytorch_tanh')),  # both are GELU's tanh form
+    ('layer_norm_epsilon', 1e-5, (1e-5,)),
+    ('scale_attn_weights', True, (True,)),
+    ('scale_attn_by_inverse_layer_idx', False, (False,)),
+    ('add_cross_attention', False, (False,)),
+    ('tie_word_embeddings', True, (True,)),
+]
+
+
+def read_config(model_dir):
+    """GPTConfig arguments from a HF GPT-2 folder's config.json (sizes, context, vocabulary; always biases)."""
+    path = os.path.join(model_dir, 'config.json')
+    if not os.path.isfile(path):
+        raise UserError(f"'{model_dir}' is neither a GPT-2 model name nor a Hugging Face model folder "
+                        f"(config.json plus model.safetensors)")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"'{path}' is not valid JSON ({e})") from None
+    if config.get('model_type', 'gpt2') != 'gpt2':
+        raise UserError(f"'{model_dir}' holds a {config['model_type']} model; only GPT-2's architecture loads")
+    n_embd = config.get('n_embd', 768)
+    unsupported = [f"{k}={config[k]!r}" for k, default, allowed in FIXED if config.get(k, default) not in allowed]
+    if config.get('n_inner') not in (None, 4 * n_embd):
+        unsupported.append(f"n_inner={config['n_inner']}")
+    if unsupported:
+        raise UserError(f"'{path}' has {', '.join(unsupported)}; model.py implements GPT-2's own choices only")
+    return dict(n_layer=config.get('n_layer', 12), n_head=config.get('n_head', 12), n_embd=n_embd,
+                block_size=config.get('n_positions', 1024), vocab_size=config.get('vocab_size', 50257), bias=True)
+
+
+def read_weights(model_dir):
+    """The tensors of a HF model folder: model.safetensors, else pytorch_model.bin, either one maybe sharded."""
+    for name in WEIGHT_FILES:
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path):
+            break
+    else:
+        raise UserError(f"'{model_dir}' has no weights: none of {', '.join(WEIGHT_FILES)}")
+    if not name.endswith('.index.json'):
+        return read_weight_file(path)
+    try:
+        with open(path) as f:
+            shards = sorted(set(json.load(f)['weight_map'].values()))
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError):
+        raise UserError(f"'{path}' is not a shard index (JSON with a weight_map)") from None
+    return {k: v for shard in shards for k, v in read_weight_file(os.path.join(model_dir, shard)).items()}
+
+
+def read_weight_file(path):
+    if path.endswith('.safetensors'):
+        return read_safetensors(path)
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)  # weights_only: loading cannot run code
+    except Exception as e:
+        raise UserError(f"'{path}' is damaged or not a PyTorch weights file ({type(e).__name__})") from None
+
+
+def hf_config(config, dtype=torch.float32):
+    """config.json for model.py's GPTConfig, as transformers' GPT2LMHeadModel reads it."""
+    has_eot = config.vocab_size > 50256  # GPT-2's <|endoftext|> is token 50256
+    return {
+        'architectures': ['GPT2LMHeadModel'],
+        'model_type': 'gpt2',
+        'vocab_size': config.vocab_size,
+        'n_positions': config.block_size,
+        'n_embd': config.n_embd,
+        'n_layer': config.n_layer,
+        'n_head': config.n_head,
+        'n_inner': None,
+        'activation_function': 'gelu_new',
+        'layer_norm_epsilon': 1e-5,
+        'resid_pdrop': config.dropout,
+        'embd_pdrop': config.dropout,
+        'attn_pdrop': config.dropout,
+        'initializer_range': 0.02,
+        'scale_attn_weights': True,
+        'tie_word_embeddings': True,
+        'bos_token_id': 50256 if has_eot else None,
+        'eos_token_id': 50256 if has_eot else None,
+        'torch_dtype': str(dtype).removeprefix('torch.'),
+    }
+
+
+def save_pretrained(model, hf_dir, dtype=torch.float32):
+    """Write model as a HF GPT-2 folder: config.json and model.safetensors."""
+    os.makedirs(hf_dir, exist_ok=True)
+    write_safetensors(to_hf(model.state_dict(), dtype), os.path.join(hf_dir, 'model.safetensors'),
+                      metadata={'format': 'pt'})  # transformers refuses a file without this
+    with open(os.path.join(hf_dir, 'config.json'), 'w') as f:
+        json.dump(hf_config(model.config, dtype), f, indent=2)
+
+
+# -----------------------------------------------------------------------------
+# the hub
+
+def cache_dir():
+    if os.environ.get('NANOGPT_CACHE'):
+        return os.environ['NANOGPT_CACHE']
+    hf_home = os.environ.get('HF_HOME') or os.path.join(
+        os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'huggingface')
+    return os.path.join(hf_home, 'nanogpt')
+
+
+def hub_file(repo_id, filename, revision='main'):
+    """
+    The local path of a file from a hub repository, downloaded into the cache the first time: with a progress
+    line, resuming a partial download, and checked against the size and sha256 the hub gives for it.
+    """
+    path = os.path.join(cache_dir(), repo_id, filename)
+    if os.path.exists(path):
+        return path
+    if os.environ.get('HF_HUB_OFFLINE', '').lower() in ('1', 'true', 'yes', 'on'):
+        raise UserError(f"HF_HUB_OFFLINE is set and {repo_id}/{filename} is not in the cache; unset it "
+                        f"to download, or put the file at '{path}'")
+    endpoint = os.environ.get('HF_ENDPOINT', 'https://huggingface.co').rstrip('/')
+    url = f'{endpoint}/{repo_id}/resolve/{revision}/{filename}'
+    # not following the redirect to the CDN: the hub's own answer carries the file's sha256 and size
+    try:
+        r = requests.head(url, allow_redirects=False, timeout=30, headers={'Accept-Encoding': 'identity'})
+    except requests.RequestException as e:
+        raise UserError(f"cannot reach {endpoint} to download {repo_id}/{filename} ({type(e).__name__}); "
+                        f"check the network, or put the file at '{path}' by hand") from None
+    if r.status_code >= 400:
+        raise UserError(f"{endpoint} answered {r.status_code} {r.reason} for {repo_id}/{filename}")
+    etag = r.headers.get('X-Linked-Etag') or r.headers.get('ETag') or ''
+    etag = etag.removeprefix('W/').strip('"')
+    # a large (LFS) file's etag is its sha256; a small file's is a git sha1, of more than its content
+    sha256 = etag.lower() if len(etag) == 64 and all(c in '0123456789abcdefABCDEF' for c in etag) else None
+    size = r.headers.get('X-Linked-Size') or (r.headers.get('Content-Length') if r.status_code == 200 else None)
+    size = int(size) if size else None
+    gb = f' ({size / 1e9:.2f} GB)' if size else ''
+    print(f"downloading {repo_id}/{filename}{gb} to {path}")
+    return download(url, path, sha256=sha256, size=size)
+
+
+def gpt2_safetensors(model_type):
+    """The local path of OpenAI's GPT-2 weights ('gpt2', ..., 'gpt2-xl'), downloaded the first time."""
+    return hub_file(f'openai-community/{model_type}', 'model.safetensors')
