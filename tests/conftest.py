@@ -8,6 +8,12 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+# the tests' models are tiny: one thread each runs them as fast as two, and keeps parallel processes apart
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
+
 # offline stand-ins for the project's downloads, when the shared fixtures sit beside the repository
 FIXTURES = os.environ.get('NANOGPT_FIXTURES', os.path.join(REPO, '..', 'shared', 'fixtures'))
 SHAKESPEARE = os.path.join(FIXTURES, 'tinyshakespeare', 'input.txt')
