@@ -16,6 +16,7 @@ A run is a function of its settings and seed: every batch, and every dropout mas
 (seed, iteration, micro-step), so 1 or N processes see the same data, and a resumed run continues exactly.
 """
 
+import glob
 import json
 import math
 import os
@@ -26,8 +27,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from common import (UserError, load_checkpoint, load_meta, print0, run_main, save_checkpoint, setup,
-                    teardown)
+from common import (SHARD_HEADER_BYTES, UserError, load_checkpoint, load_meta, print0, read_shard_header, run_main,
+                    save_checkpoint, setup, teardown)
 from configurator import config_from_globals, load_config
 from model import GPT, GPTConfig
 
@@ -97,25 +98,44 @@ def get_lr(it, cfg):
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
-def data_path(data_dir, split):
-    path = os.path.join(data_dir, f'{split}.bin')
-    if not os.path.isfile(path):
-        prepare = os.path.join(data_dir, 'prepare.py')
-        raise UserError(f"no {split} data at '{path}'; run `python {prepare}` first")
-    return path
-
-
-def get_batch(path, batch_size, block_size, *key, device='cpu'):
+def data_files(data_dir, split):
     """
-    batch_size random windows of block_size+1 tokens from a uint16 token file, as inputs and targets.
+    A split's token files as (path, byte offset of the tokens, number of tokens): nanoGPT's one headerless
+    '{split}.bin' where there is one, else every llm.c shard named '*{split}*.bin' (e.g. FineWeb's
+    fineweb_val_000000.bin), in name order, each header checked against its file.
+    """
+    path = os.path.join(data_dir, f'{split}.bin')
+    if os.path.isfile(path):
+        return [(path, 0, os.path.getsize(path) // 2)]
+    shards = sorted(glob.glob(os.path.join(data_dir, f'*{split}*.bin')))
+    if not shards:
+        prepare = os.path.join(data_dir, 'prepare.py')
+        raise UserError(f"no {split} data in '{data_dir}' ({split}.bin or *{split}*.bin shards); "
+                        f"run `python {prepare}` first")
+    return [(shard, SHARD_HEADER_BYTES, read_shard_header(shard)) for shard in shards]
+
+
+def get_batch(files, batch_size, block_size, *key, device='cpu'):
+    """
+    batch_size random windows of block_size+1 tokens, as inputs and targets, from a split's token files
+    (a list from data_files, or the path of one headerless uint16 file). Every window start in every file is
+    equally likely, so files are drawn in proportion to their length, and a window never crosses two files.
     The windows are a function of key (seed, purpose, ...) alone.
     """
-    # a fresh memmap per batch keeps resident memory flat over long runs
-    data = np.memmap(path, dtype=np.uint16, mode='r')
-    if len(data) <= block_size:
-        raise UserError(f"'{path}' has {len(data)} tokens, too few for block_size {block_size}")
-    ix = np.random.default_rng(key).integers(0, len(data) - block_size, size=batch_size)
-    xy = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix]).astype(np.int64))
+    if isinstance(files, str):
+        files = [(files, 0, os.path.getsize(files) // 2)]
+    starts = np.array([max(0, n - block_size) for _, _, n in files])  # the window starts in each file
+    if starts.sum() == 0:
+        raise UserError(f"'{files[0][0]}' has {files[0][2]} tokens, too few for block_size {block_size}")
+    # one draw over the starts of all files, then mapped to (file, offset): with one file this is just the offset
+    ix = np.random.default_rng(key).integers(0, starts.sum(), size=batch_size)
+    ends = np.cumsum(starts)
+    which = np.searchsorted(ends, ix, side='right')
+    ix = ix - (ends - starts)[which]
+    # fresh memmaps per batch keep resident memory flat over long runs
+    data = {f: np.memmap(files[f][0], dtype=np.uint16, mode='r', offset=files[f][1], shape=(files[f][2],))
+            for f in set(which.tolist())}
+    xy = torch.from_numpy(np.stack([data[f][i:i + block_size + 1] for f, i in zip(which, ix)]).astype(np.int64))
     x, y = xy[:, :-1], xy[:, 1:]
     if torch.device(device).type == 'cuda':
         # pinned host memory lets the copy to the GPU run asynchronously, overlapping compute
@@ -217,7 +237,7 @@ def _train(cfg, rt, stop):
         os.makedirs(cfg.out_dir, exist_ok=True)
 
     data_dir = os.path.join('data', cfg.dataset)
-    paths = {split: data_path(data_dir, split) for split in SPLITS}
+    paths = {split: data_files(data_dir, split) for split in SPLITS}
     meta_path = os.path.join(data_dir, 'meta.pkl')
     meta_vocab_size = load_meta(meta_path)['vocab_size'] if os.path.exists(meta_path) else None
 
