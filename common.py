@@ -278,23 +278,23 @@ def write_shard(path, tokens):
         f.write(tokens.astype(np.uint16).tobytes())
 
 
-def read_shard_header(path):
-    """The number of tokens in a shard, after checking its header against the file; a bad file is a UserError."""
+def read_shard_header(path, fix='delete it and prepare the data again'):
+    """
+    The number of tokens in a shard, after checking its header against the file. A bad file is a UserError
+    that names it and ends with fix, what the user should do.
+    """
     size = os.path.getsize(path)
     with open(path, 'rb') as f:
         head = f.read(SHARD_HEADER_BYTES)
     header = np.frombuffer(head[:len(head) // 4 * 4], dtype=np.int32)
     if len(header) < 3 or header[0] != SHARD_MAGIC:
-        raise UserError(f"'{path}' is not a token shard (no magic number {SHARD_MAGIC} in its header); "
-                        f"delete it and prepare the data again")
+        raise UserError(f"'{path}' is not a token shard (no magic number {SHARD_MAGIC} in its header); {fix}")
     if header[1] != SHARD_VERSION:
-        raise UserError(f"token shard '{path}' has version {header[1]}, expected {SHARD_VERSION}; "
-                        f"delete it and prepare the data again")
+        raise UserError(f"token shard '{path}' has version {header[1]}, expected {SHARD_VERSION}; {fix}")
     n = int(header[2])
     if size != SHARD_HEADER_BYTES + 2 * n:
         raise UserError(f"token shard '{path}' is truncated or damaged: its header says {n:,} tokens "
-                        f"({SHARD_HEADER_BYTES + 2 * n:,} bytes) but the file has {size:,} bytes; "
-                        f"delete it and prepare the data again")
+                        f"({SHARD_HEADER_BYTES + 2 * n:,} bytes) but the file has {size:,} bytes; {fix}")
     return n
 
 
