@@ -27,6 +27,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+import hellaswag
 from common import (SHARD_HEADER_BYTES, UserError, load_checkpoint, load_meta, print0, read_shard_header, run_main,
                     save_checkpoint, setup, teardown)
 from configurator import config_from_globals, load_config
@@ -42,6 +43,8 @@ eval_iters = 200
 eval_only = False  # if True, script exits right after the first eval
 always_save_checkpoint = True  # if True, always save a checkpoint after each eval
 init_from = 'scratch'  # 'scratch' or 'resume'
+eval_hellaswag = False  # also score HellaSwag (see hellaswag.py) at each eval; needs a GPT-2 BPE model
+hellaswag_examples = None  # score only the first N of its 10,042 examples at each eval; None: all
 # wandb logging
 wandb_log = False  # disabled by default
 wandb_project = 'owt'
@@ -77,7 +80,7 @@ compile = None  # use PyTorch 2.0 to compile the model to be faster; None: on fo
 seed = 1337
 # -----------------------------------------------------------------------------
 DEFAULTS = config_from_globals(globals())
-TYPES = {'compile': bool}
+TYPES = {'compile': bool, 'hellaswag_examples': int}
 
 # the three uses of the seed, so that each draws from its own stream
 TRAIN_BATCH, EVAL_BATCH, DROPOUT = 0, 1, 2
@@ -168,6 +171,16 @@ def estimate_loss(model, paths, cfg, rt):
     return out
 
 
+def load_hellaswag(cfg, model, rt):
+    """The HellaSwag examples to score at each eval: one process per node downloads them, then all read them."""
+    hellaswag.check_vocab(model)
+    if rt.local_rank == 0:
+        hellaswag.download_examples()
+    if rt.ddp:
+        torch.distributed.barrier()
+    return hellaswag.load_examples(limit=cfg.hellaswag_examples)
+
+
 def init_model(cfg, meta_vocab_size, out_dir):
     """Build the model: from scratch, or from the run in out_dir. Returns (model, checkpoint or None)."""
     if cfg.init_from == 'scratch':
@@ -248,6 +261,7 @@ def _train(cfg, rt, stop):
     cfg.block_size = model.config.block_size
     model.to(rt.device)
     model_args = {k: getattr(model.config, k) for k in MODEL_ARGS}
+    hellaswag_examples = load_hellaswag(cfg, model, rt) if cfg.eval_hellaswag else None
 
     # float16 needs loss scaling to keep small gradients from underflowing; a no-op otherwise
     scaler = torch.amp.GradScaler(rt.device_type, enabled=(rt.dtype == 'float16'))
@@ -330,8 +344,16 @@ def _train(cfg, rt, stop):
         if iter_num % cfg.eval_interval == 0 or final or cfg.eval_only:
             check_finite()
             losses = estimate_loss(model, paths, cfg, rt)
-            print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            log({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'], 'lr': lr})
+            line = f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+            record = {'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'], 'lr': lr}
+            if hellaswag_examples:
+                # the plain model: the examples' lengths vary, which a compiled model would recompile for
+                scores = hellaswag.evaluate(raw_model, hellaswag_examples, rt.device, rt.autocast, rt.rank,
+                                            rt.world_size)
+                line += f", hellaswag acc {scores['acc']:.4f}, acc_norm {scores['acc_norm']:.4f}"
+                record.update(hellaswag_acc=scores['acc'], hellaswag_acc_norm=scores['acc_norm'])
+            print0(line)
+            log(record)
             if not all(map(math.isfinite, losses.values())):
                 nonfinite |= True
                 check_finite()

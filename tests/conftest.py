@@ -113,7 +113,7 @@ def http_server(tmp_path):
         ('127.0.0.1', 0), lambda *a: _RangeHandler(*a, directory=str(folder)))
     server.url, server.folder, server.requests, server.break_once = \
         f'http://127.0.0.1:{server.server_port}', folder, [], set()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
     server.shutdown()

@@ -1,11 +1,16 @@
 """Token shards (llm.c's headered .bin files) and train.py's data loading from them."""
 
+import json
+import pickle
+
 import numpy as np
 import pytest
 import torch
 
+import hellaswag
 import train
-from common import SHARD_HEADER_BYTES, UserError, read_shard, read_shard_header, write_shard
+from common import SHARD_HEADER_BYTES, UserError, load_checkpoint, read_shard, read_shard_header, write_shard
+from conftest import needs_tiktoken_cache
 
 
 def test_shard_round_trip(tmp_path):
@@ -101,3 +106,66 @@ def test_too_short_data_is_a_clear_error(tmp_path):
     write_shard(str(tmp_path / 'a_val_0.bin'), np.arange(8))
     with pytest.raises(UserError, match='has 8 tokens, too few for block_size 8'):
         train.get_batch(train.data_files(str(tmp_path), 'val'), 2, 8, 1)
+
+
+def shard_folder(root, vocab_size=50257):
+    """data/fw with 3 train shards and 1 val shard of a repeating 50-token pattern (easy to learn)."""
+    data_dir = root / 'data' / 'fw'
+    data_dir.mkdir(parents=True)
+    pattern = np.random.default_rng(0).integers(0, vocab_size, size=50)
+    if vocab_size < 50257:  # a small vocabulary makes a fast test; meta.pkl tells train.py its size
+        with open(data_dir / 'meta.pkl', 'wb') as f:
+            pickle.dump({'vocab_size': vocab_size, 'itos': {}, 'stoi': {}}, f)
+    for name, repeats in [('fw_val_000000.bin', 20), ('fw_train_000001.bin', 20), ('fw_train_000002.bin', 40),
+                          ('fw_train_000003.bin', 60)]:
+        write_shard(str(data_dir / name), np.tile(pattern, repeats))
+    return data_dir
+
+
+def tiny_run(root, **overrides):
+    cfg = dict(train.DEFAULTS, dataset='fw', device='cpu', compile=False, n_layer=1, n_head=2, n_embd=16,
+               block_size=16, batch_size=4, gradient_accumulation_steps=2, eval_iters=2, eval_interval=6,
+               max_iters=12, warmup_iters=1, lr_decay_iters=12, learning_rate=1e-2, out_dir=str(root / 'out'),
+               always_save_checkpoint=True)
+    cfg.update(overrides)
+    return cfg
+
+
+def test_train_on_a_folder_of_shards(tmp_path, monkeypatch):
+    shard_folder(tmp_path, vocab_size=64)
+    monkeypatch.chdir(tmp_path)
+    result = train.train(tiny_run(tmp_path, max_iters=10, eval_interval=5, lr_decay_iters=10))
+    assert result['iter_num'] == 10
+    log = [json.loads(line) for line in open(tmp_path / 'out' / 'log.jsonl')]
+    evals = [r for r in log if 'val_loss' in r]
+    assert [r['iter'] for r in evals] == [0, 5, 10]
+    assert evals[-1]['val_loss'] < evals[0]['val_loss'] - 0.5  # from ln(64) = 4.16: it learns from the shards
+    assert load_checkpoint(str(tmp_path / 'out' / 'ckpt.pt'))['iter_num'] == 10
+
+
+def test_train_scores_hellaswag_at_each_eval(tmp_path, monkeypatch, capsys):
+    needs_tiktoken_cache()
+    shard_folder(tmp_path)
+    examples = [{'ctx': f"A man walks to the {w}.", 'endings': ["He sits.", "It rains", "She runs away.", "no"],
+                 'label': i % 4} for i, w in enumerate(['door', 'car', 'park', 'shop', 'sea'])]
+    hs = tmp_path / 'data' / 'hellaswag'
+    hs.mkdir()
+    (hs / 'hellaswag_val.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in examples))
+    monkeypatch.chdir(tmp_path)
+    result = train.train(tiny_run(tmp_path, max_iters=1, eval_interval=1, eval_iters=1, gradient_accumulation_steps=1,
+                                  eval_hellaswag=True, hellaswag_examples=4))
+    log = [json.loads(line) for line in open(tmp_path / 'out' / 'log.jsonl')]
+    evals = [r for r in log if 'val_loss' in r]
+    assert [r['iter'] for r in evals] == [0, 1]
+    expected = hellaswag.evaluate(result['model'], examples[:4])  # the final model, scored directly
+    assert evals[-1]['hellaswag_acc'] == expected['acc']
+    assert evals[-1]['hellaswag_acc_norm'] == expected['acc_norm']
+    assert all(r['hellaswag_acc_norm'] * 4 == int(r['hellaswag_acc_norm'] * 4) for r in evals)  # 4 examples
+    assert "step 1: train loss" in capsys.readouterr().out
+
+
+def test_hellaswag_needs_a_gpt2_vocabulary(char_data, monkeypatch):
+    monkeypatch.chdir(char_data)
+    cfg = tiny_run(char_data, dataset='shakespeare_char', eval_hellaswag=True)
+    with pytest.raises(UserError, match="GPT-2's BPE"):
+        train.train(cfg)
