@@ -61,8 +61,8 @@ def load_examples(path=DATA_PATH, limit=None):
             except (json.JSONDecodeError, KeyError, TypeError):
                 ok = False
             if not ok:
-                raise UserError(f"'{path}' line {line_no} is not a HellaSwag example; delete the file, "
-                                f"and it is downloaded again")
+                raise UserError(f"'{path}' line {line_no} is not a HellaSwag example; delete the file to download "
+                                f"it again")
             examples.append(example)
     return examples
 

@@ -141,3 +141,24 @@ def test_load_examples_downloads_once_and_checks_lines(http_server, tmp_path, mo
 def test_a_character_level_model_is_refused():
     with pytest.raises(UserError, match="GPT-2's BPE"):
         hellaswag.check_vocab(tiny_gpt())
+
+
+def test_standalone_on_a_checkpoint(tmp_path, monkeypatch, capsys):
+    needs_tiktoken_cache()
+    from common import save_checkpoint
+    torch.manual_seed(0)
+    args = dict(block_size=32, vocab_size=50304, n_layer=1, n_head=2, n_embd=16, bias=False)
+    model = GPT(GPTConfig(**args)).eval()
+    (tmp_path / 'out').mkdir()
+    save_checkpoint({'model': model.state_dict(), 'model_args': args, 'config': {}},
+                    str(tmp_path / 'out' / 'ckpt.pt'))
+    examples = [{'ctx': f"The {w} is", 'endings': ["open.", "closed now", "red", "a door."], 'label': i % 4}
+                for i, w in enumerate(['door', 'shop', 'gate', 'box'])]
+    (tmp_path / 'data' / 'hellaswag').mkdir(parents=True)
+    (tmp_path / 'data' / 'hellaswag' / 'hellaswag_val.jsonl').write_text(
+        ''.join(json.dumps(e) + '\n' for e in examples))
+    monkeypatch.chdir(tmp_path)
+    result = hellaswag.main(['--out_dir=out', '--device=cpu', '--max_examples=3'])
+    assert result == hellaswag.evaluate(model, examples[:3]) and result['examples'] == 3
+    line = f"HellaSwag, 3 examples: acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f}"
+    assert line in capsys.readouterr().out
