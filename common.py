@@ -1,5 +1,6 @@
 """
-What every script shares: device, dtype and DDP setup, user-facing errors, checkpoints, meta.pkl, downloads.
+What every script shares: device, dtype and DDP setup, user-facing errors, checkpoints, meta.pkl, downloads,
+token shards.
 """
 
 import hashlib
@@ -10,6 +11,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import requests
 import torch
 
@@ -262,3 +264,47 @@ def _verify(path, url, sha256, size):
         if h.hexdigest() != sha256:
             os.remove(path)
             raise UserError(f"download of {url} is corrupt (sha256 mismatch); deleted it, run again")
+
+
+# -----------------------------------------------------------------------------
+# token shards: llm.c's headered .bin files (FineWeb), read by train.py and written by data/*/prepare.py
+
+SHARD_MAGIC = 20240520  # llm.c's magic number for GPT-2 token shards
+SHARD_VERSION = 1
+SHARD_HEADER_BYTES = 256 * 4  # 256 int32: magic, version, token count, then zeros
+
+
+def write_shard(path, tokens):
+    """Write uint16 token ids as a shard: the 1024-byte header, then the tokens."""
+    tokens = np.asarray(tokens)
+    assert tokens.ndim == 1 and (len(tokens) == 0 or 0 <= tokens.min() <= tokens.max() < 2 ** 16)
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = SHARD_MAGIC, SHARD_VERSION, len(tokens)
+    with open(path, 'wb') as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype(np.uint16).tobytes())
+
+
+def read_shard_header(path, fix='delete it and prepare the data again'):
+    """
+    The number of tokens in a shard, after checking its header against the file. A bad file is a UserError
+    that names it and ends with fix, what the user should do.
+    """
+    size = os.path.getsize(path)
+    with open(path, 'rb') as f:
+        head = f.read(SHARD_HEADER_BYTES)
+    header = np.frombuffer(head[:len(head) // 4 * 4], dtype=np.int32)
+    if len(header) < 3 or header[0] != SHARD_MAGIC:
+        raise UserError(f"'{path}' is not a token shard (no magic number {SHARD_MAGIC} in its header); {fix}")
+    if header[1] != SHARD_VERSION:
+        raise UserError(f"token shard '{path}' has version {header[1]}, expected {SHARD_VERSION}; {fix}")
+    n = int(header[2])
+    if size != SHARD_HEADER_BYTES + 2 * n:
+        raise UserError(f"token shard '{path}' is truncated or damaged: its header says {n:,} tokens "
+                        f"({SHARD_HEADER_BYTES + 2 * n:,} bytes) but the file has {size:,} bytes; {fix}")
+    return n
+
+
+def read_shard(path):
+    """A shard's tokens as a read-only uint16 memmap, after checking its header."""
+    return np.memmap(path, dtype=np.uint16, mode='r', offset=SHARD_HEADER_BYTES, shape=(read_shard_header(path),))

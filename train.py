@@ -16,6 +16,7 @@ A run is a function of its settings and seed: every batch, and every dropout mas
 (seed, iteration, micro-step), so 1 or N processes see the same data, and a resumed run continues exactly.
 """
 
+import glob
 import json
 import math
 import os
@@ -27,8 +28,9 @@ import numpy as np
 import torch
 
 import hf
-from common import (UserError, load_checkpoint, load_meta, print0, run_main, save_checkpoint, setup,
-                    teardown)
+import hellaswag
+from common import (SHARD_HEADER_BYTES, UserError, load_checkpoint, load_meta, print0, read_shard_header, run_main,
+                    save_checkpoint, setup, teardown)
 from configurator import config_from_globals, load_config
 from model import GPT, GPT2_SIZES, GPTConfig
 
@@ -42,6 +44,8 @@ eval_iters = 200
 eval_only = False  # if True, script exits right after the first eval
 always_save_checkpoint = True  # if True, always save a checkpoint after each eval
 init_from = 'scratch'  # 'scratch', 'resume', 'gpt2'..'gpt2-xl', or a Hugging Face GPT-2 folder
+eval_hellaswag = False  # also score HellaSwag (see hellaswag.py) at each eval; needs a GPT-2 BPE model
+hellaswag_examples = None  # score only the first N of its 10,042 examples at each eval; None: all
 # wandb logging
 wandb_log = False  # disabled by default
 wandb_project = 'owt'
@@ -77,7 +81,7 @@ compile = None  # use PyTorch 2.0 to compile the model to be faster; None: on fo
 seed = 1337
 # -----------------------------------------------------------------------------
 DEFAULTS = config_from_globals(globals())
-TYPES = {'compile': bool}
+TYPES = {'compile': bool, 'hellaswag_examples': int}
 
 # the three uses of the seed, so that each draws from its own stream
 TRAIN_BATCH, EVAL_BATCH, DROPOUT = 0, 1, 2
@@ -98,25 +102,44 @@ def get_lr(it, cfg):
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
-def data_path(data_dir, split):
-    path = os.path.join(data_dir, f'{split}.bin')
-    if not os.path.isfile(path):
-        prepare = os.path.join(data_dir, 'prepare.py')
-        raise UserError(f"no {split} data at '{path}'; run `python {prepare}` first")
-    return path
-
-
-def get_batch(path, batch_size, block_size, *key, device='cpu'):
+def data_files(data_dir, split):
     """
-    batch_size random windows of block_size+1 tokens from a uint16 token file, as inputs and targets.
+    A split's token files as (path, byte offset of the tokens, number of tokens): nanoGPT's one headerless
+    '{split}.bin' where there is one, else every llm.c shard named '*{split}*.bin' (e.g. FineWeb's
+    fineweb_val_000000.bin), in name order, each header checked against its file.
+    """
+    path = os.path.join(data_dir, f'{split}.bin')
+    if os.path.isfile(path):
+        return [(path, 0, os.path.getsize(path) // 2)]
+    shards = sorted(glob.glob(os.path.join(data_dir, f'*{split}*.bin')))
+    if not shards:
+        prepare = os.path.join(data_dir, 'prepare.py')
+        raise UserError(f"no {split} data in '{data_dir}' ({split}.bin or *{split}*.bin shards); "
+                        f"run `python {prepare}` first")
+    return [(shard, SHARD_HEADER_BYTES, read_shard_header(shard)) for shard in shards]
+
+
+def get_batch(files, batch_size, block_size, *key, device='cpu'):
+    """
+    batch_size random windows of block_size+1 tokens, as inputs and targets, from a split's token files
+    (a list from data_files, or the path of one headerless uint16 file). Every window start in every file is
+    equally likely, so files are drawn in proportion to their length, and a window never crosses two files.
     The windows are a function of key (seed, purpose, ...) alone.
     """
-    # a fresh memmap per batch keeps resident memory flat over long runs
-    data = np.memmap(path, dtype=np.uint16, mode='r')
-    if len(data) <= block_size:
-        raise UserError(f"'{path}' has {len(data)} tokens, too few for block_size {block_size}")
-    ix = np.random.default_rng(key).integers(0, len(data) - block_size, size=batch_size)
-    xy = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix]).astype(np.int64))
+    if isinstance(files, str):
+        files = [(files, 0, os.path.getsize(files) // 2)]
+    starts = np.array([max(0, n - block_size) for _, _, n in files])  # the window starts in each file
+    if starts.sum() == 0:
+        raise UserError(f"'{files[0][0]}' has {files[0][2]} tokens, too few for block_size {block_size}")
+    # one draw over the starts of all files, then mapped to (file, offset): with one file this is just the offset
+    ix = np.random.default_rng(key).integers(0, starts.sum(), size=batch_size)
+    ends = np.cumsum(starts)
+    which = np.searchsorted(ends, ix, side='right')
+    ix = ix - (ends - starts)[which]
+    # fresh memmaps per batch keep resident memory flat over long runs
+    data = {f: np.memmap(files[f][0], dtype=np.uint16, mode='r', offset=files[f][1], shape=(files[f][2],))
+            for f in set(which.tolist())}
+    xy = torch.from_numpy(np.stack([data[f][i:i + block_size + 1] for f, i in zip(which, ix)]).astype(np.int64))
     x, y = xy[:, :-1], xy[:, 1:]
     if torch.device(device).type == 'cuda':
         # pinned host memory lets the copy to the GPU run asynchronously, overlapping compute
@@ -147,6 +170,16 @@ def estimate_loss(model, paths, cfg, rt):
         out[split] = (total[0] / total[1]).item()
     model.train()
     return out
+
+
+def load_hellaswag(cfg, model, rt):
+    """The HellaSwag examples to score at each eval: one process per node downloads them, then all read them."""
+    hellaswag.check_vocab(model)
+    if rt.local_rank == 0:
+        hellaswag.download_examples()
+    if rt.ddp:
+        torch.distributed.barrier()
+    return hellaswag.load_examples(limit=cfg.hellaswag_examples)
 
 
 def init_model(cfg, meta_vocab_size, out_dir):
@@ -226,7 +259,7 @@ def _train(cfg, rt, stop):
         os.makedirs(cfg.out_dir, exist_ok=True)
 
     data_dir = os.path.join('data', cfg.dataset)
-    paths = {split: data_path(data_dir, split) for split in SPLITS}
+    paths = {split: data_files(data_dir, split) for split in SPLITS}
     meta_path = os.path.join(data_dir, 'meta.pkl')
     meta_vocab_size = load_meta(meta_path)['vocab_size'] if os.path.exists(meta_path) else None
 
@@ -242,6 +275,7 @@ def _train(cfg, rt, stop):
     cfg.block_size = model.config.block_size
     model.to(rt.device)
     model_args = {k: getattr(model.config, k) for k in MODEL_ARGS}
+    hellaswag_examples = load_hellaswag(cfg, model, rt) if cfg.eval_hellaswag else None
 
     # float16 needs loss scaling to keep small gradients from underflowing; a no-op otherwise
     scaler = torch.amp.GradScaler(rt.device_type, enabled=(rt.dtype == 'float16'))
@@ -324,8 +358,16 @@ def _train(cfg, rt, stop):
         if iter_num % cfg.eval_interval == 0 or final or cfg.eval_only:
             check_finite()
             losses = estimate_loss(model, paths, cfg, rt)
-            print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            log({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'], 'lr': lr})
+            line = f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+            record = {'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'], 'lr': lr}
+            if hellaswag_examples:
+                # the plain model: the examples' lengths vary, which a compiled model would recompile for
+                scores = hellaswag.evaluate(raw_model, hellaswag_examples, rt.device, rt.autocast, rt.rank,
+                                            rt.world_size)
+                line += f", hellaswag acc {scores['acc']:.4f}, acc_norm {scores['acc_norm']:.4f}"
+                record.update(hellaswag_acc=scores['acc'], hellaswag_acc_norm=scores['acc_norm'])
+            print0(line)
+            log(record)
             if not all(map(math.isfinite, losses.values())):
                 nonfinite |= True
                 check_finite()

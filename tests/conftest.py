@@ -1,7 +1,9 @@
+import http.server
 import importlib.util
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -72,3 +74,53 @@ TINY = ['--dataset=shakespeare_char', '--device=cpu', '--compile=False', '--n_la
         '--n_embd=32', '--block_size=32', '--batch_size=4', '--gradient_accumulation_steps=1',
         '--eval_iters=4', '--eval_interval=5', '--log_interval=1', '--warmup_iters=2', '--lr_decay_iters=20',
         '--learning_rate=3e-3', '--dropout=0.0']
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the server's folder with Range requests (for resumed downloads), logging each request."""
+
+    def do_GET(self):
+        path = self.translate_path(self.path)
+        self.server.requests.append((self.path, self.headers.get('Range')))
+        if not os.path.isfile(path):
+            self.send_error(404)
+            return
+        with open(path, 'rb') as f:
+            data = f.read()
+        start = int(self.headers['Range'].removeprefix('bytes=').split('-')[0]) if self.headers['Range'] else 0
+        if start >= len(data) > 0:
+            self.send_error(416)
+            return
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header('Content-Range', f'bytes {start}-{len(data) - 1}/{len(data)}')
+        self.send_header('Content-Length', str(len(data) - start))
+        self.end_headers()
+        if self.path in self.server.break_once:  # send half, then drop the connection, once
+            self.server.break_once.remove(self.path)
+            self.wfile.write(data[start:start + (len(data) - start) // 2])
+            return
+        self.wfile.write(data[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """
+    A local HTTP server (127.0.0.1 only) over the folder tmp_path/served. Yields the server: .url is its
+    base URL, .folder the folder, .requests the (path, Range header) of each request, and .break_once a set
+    of paths whose next response stops half way.
+    """
+    folder = tmp_path / 'served'
+    folder.mkdir()
+    server = http.server.ThreadingHTTPServer(
+        ('127.0.0.1', 0), lambda *a: _RangeHandler(*a, directory=str(folder)))
+    server.url, server.folder, server.requests, server.break_once = \
+        f'http://127.0.0.1:{server.server_port}', folder, [], set()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()

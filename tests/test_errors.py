@@ -51,7 +51,7 @@ def test_sample_config_mistake(tmp_path):
 
 def test_missing_data_names_the_prepare_script(tmp_path):
     r = run_script('train.py', *TINY, '--dataset=shakespeare_char', cwd=tmp_path)
-    assert_one_line_error(r, "no train data at 'data/shakespeare_char/train.bin'",
+    assert_one_line_error(r, "no train data in 'data/shakespeare_char'",
                           'python data/shakespeare_char/prepare.py')
 
 

@@ -1,0 +1,144 @@
+"""
+Prepare OpenWebText, the open reproduction of GPT-2's WebText (about 8M documents), for GPT-2 training:
+each document in GPT-2's BPE (tiktoken's encode_ordinary, so text that looks like a special token stays text),
+followed by the end-of-text token 50256, into train.bin and val.bin beside this file (uint16, nanoGPT's
+format). A random 0.0005 of the documents, fixed by seed 2357, is the val split: the same documents as
+nanoGPT's, which picks them with HF datasets' train_test_split(test_size=0.0005, seed=2357).
+
+Expect about 9B train tokens (train.bin about 17 GB) and 4M val tokens (val.bin about 8.5 MB). The download
+goes through Hugging Face datasets (pip install datasets) into its cache (about 54 GB); the tokenizing runs in
+several worker processes.
+
+$ python data/openwebtext/prepare.py        # workers: half the CPU cores
+$ python data/openwebtext/prepare.py 16     # 16 workers
+"""
+
+import math
+import os
+import sys
+import time
+from multiprocessing import Pool
+
+import numpy as np
+import tiktoken
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from common import UserError, run_main  # noqa: E402
+
+VAL_FRACTION = 0.0005
+SPLIT_SEED = 2357
+BATCH_DOCS = 1024  # documents per task sent to a worker and per write to disk
+
+
+def split_indices(num_docs, val_fraction=VAL_FRACTION, seed=SPLIT_SEED):
+    """
+    The document indices of each split, in the order they are written: a random permutation of all
+    documents, its first ceil(num_docs * val_fraction) for val and the rest for train, exactly as
+    HF datasets' train_test_split(test_size=val_fraction, seed=seed) makes them.
+    """
+    permutation = np.random.default_rng(seed).permutation(num_docs)
+    num_val = math.ceil(val_fraction * num_docs)
+    return {'train': permutation[num_val:], 'val': permutation[:num_val]}
+
+
+def encode_documents(texts):
+    """The GPT-2 BPE tokens of some documents, each followed by end-of-text, as one uint16 array."""
+    enc = tiktoken.get_encoding('gpt2')  # loaded once per process, then cached by tiktoken
+    ids = []
+    for text in texts:
+        ids.extend(enc.encode_ordinary(text))
+        ids.append(enc.eot_token)
+    return np.array(ids, dtype=np.uint16)  # GPT-2's 50257 token ids fit in 16 bits
+
+
+# each worker process holds the documents and receives only lists of indices, so little crosses processes
+_documents = None
+
+
+def _init_worker(documents):
+    global _documents
+    _documents = documents
+
+
+def _encode_batch(indices):
+    return encode_documents([_documents[i] for i in indices])
+
+
+def write_split(path, documents, indices, num_proc=1, batch_docs=BATCH_DOCS):
+    """
+    Tokenize documents[i] for i in indices, in worker processes, and write the tokens to path in that order.
+    Each batch is appended as it comes back, so memory stays flat and the total need not be known first;
+    the file appears under its name only when complete. Returns the number of tokens.
+    """
+    batches = (indices[i:i + batch_docs] for i in range(0, len(indices), batch_docs))
+    tmp = f'{path}.tmp'
+    num_tokens, docs_done, last = 0, 0, 0.0
+    with open(tmp, 'wb') as f:
+        if num_proc > 1:
+            pool = Pool(num_proc, initializer=_init_worker, initargs=(documents,))
+            results = pool.imap(_encode_batch, batches)  # imap keeps the batches in order
+        else:
+            pool = None
+            _init_worker(documents)
+            results = map(_encode_batch, batches)
+        try:
+            for ids in results:
+                f.write(ids.tobytes())
+                num_tokens += len(ids)
+                docs_done = min(docs_done + batch_docs, len(indices))
+                if time.time() - last > 0.5 or docs_done == len(indices):
+                    print(f"\r{os.path.basename(path)}: {docs_done:,}/{len(indices):,} documents, "
+                          f"{num_tokens:,} tokens", end='', file=sys.stderr, flush=True)
+                    last = time.time()
+        finally:
+            if pool is not None:
+                pool.terminate()
+        print(file=sys.stderr)
+    os.replace(tmp, path)
+    return num_tokens
+
+
+def prepare(data_dir, documents, num_proc=1, batch_docs=BATCH_DOCS):
+    """Write train.bin and val.bin for documents (a sequence of texts: documents[i] is the i-th one)."""
+    for split, indices in split_indices(len(documents)).items():
+        num_tokens = write_split(os.path.join(data_dir, f'{split}.bin'), documents, indices, num_proc, batch_docs)
+        print(f"{split}.bin: {len(indices):,} documents, {num_tokens:,} tokens")
+
+
+class TextColumn:
+    """The texts of an HF dataset as a sequence: column['text'] of row i, read from its cache on disk."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[int(i)]['text']
+
+
+def load_openwebtext(num_proc):
+    """OpenWebText's one split through HF datasets, imported here only: it is needed for this dataset alone."""
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise UserError("OpenWebText is downloaded with Hugging Face datasets: pip install datasets") from None
+    try:
+        return TextColumn(load_dataset('openwebtext', num_proc=num_proc)['train'])
+    except RuntimeError as e:
+        if 'scripts are no longer supported' in str(e):
+            raise UserError("this version of datasets cannot run OpenWebText's loading script; "
+                            "pip install 'datasets<4' and run again") from None
+        raise
+
+
+def main(argv):
+    if len(argv) > 1 or (argv and not argv[0].isdigit()):
+        raise UserError("usage: python data/openwebtext/prepare.py [number of worker processes]")
+    num_proc = int(argv[0]) if argv else max(1, (os.cpu_count() or 2) // 2)
+    prepare(os.path.dirname(os.path.abspath(__file__)), load_openwebtext(num_proc), num_proc)
+
+
+if __name__ == '__main__':
+    run_main(lambda: main(sys.argv[1:]))

@@ -1,0 +1,164 @@
+"""hellaswag.py: rendering, scoring (against closed-form losses and unbatched scoring), acc vs acc_norm."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import hellaswag
+from common import UserError
+from conftest import needs_tiktoken_cache
+from model import GPT, GPTConfig
+
+V = 128  # the toy models' vocabulary: ASCII characters
+
+
+def char_encode(text):
+    return [ord(c) for c in text]
+
+
+class BigramModel(torch.nn.Module):
+    """
+    A stated tiny model whose every per-token loss is known in closed form: after token a, it predicts token b
+    with probability probs[a][b] where given, the rest of the row shared evenly among the other tokens.
+    Its forward has GPT's interface (logits at every position when given targets).
+    """
+
+    def __init__(self, probs, block_size=64):
+        super().__init__()
+        self.config = SimpleNamespace(block_size=block_size, vocab_size=V)
+        table = torch.full((V, V), 1.0 / V)
+        for a, row in probs.items():
+            rest = (1 - sum(row.values())) / (V - len(row))
+            table[ord(a)] = rest
+            for b, p in row.items():
+                table[ord(a), ord(b)] = p
+        self.probs = table
+        self.logits = table.log()
+
+    def forward(self, idx, targets=None):
+        return self.logits[idx], None
+
+    def loss(self, a, b):
+        return -math.log(self.probs[ord(a), ord(b)].item())
+
+
+def test_scores_are_the_ending_tokens_losses():
+    # knows one story of distinct characters: each predicts the next with probability 0.9
+    story = "abcdef ghijklmno"
+    model = BigramModel({a: {b: 0.9} for a, b in zip(story, story[1:])})
+    example = {'ctx': "abcdef", 'endings': ["ghijklmno", "zz", "gz", "hijklmno"], 'label': 0}
+    tokens, mask, label = hellaswag.render_example(example, char_encode, block_size=64)
+    total, mean = hellaswag.score_endings(model, tokens, mask)
+    for i, ending in enumerate(example['endings']):
+        text = example['ctx'] + ' ' + ending
+        # the loss of each ending character given the one before it, the space after the context included
+        expected = [model.loss(a, b) for a, b in zip(text[len(example['ctx']) - 1:], text[len(example['ctx']):])]
+        assert total[i].item() == pytest.approx(sum(expected), rel=1e-5)
+        assert mean[i].item() == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+    assert total.argmin() == label == mean.argmin()
+    result = hellaswag.evaluate(model, [example, dict(example, endings=example['endings'][::-1], label=3)],
+                                encode=char_encode)
+    assert result == {'acc': 1.0, 'acc_norm': 1.0, 'examples': 2}
+
+
+def test_acc_norm_divides_by_the_ending_length():
+    # after 'a' a space is near certain; after it 'b' has loss 3 and 'c' loss 1, and each 'c' leads on with loss 1
+    model = BigramModel({'a': {' ': 0.999}, ' ': {'b': math.exp(-3), 'c': math.exp(-1)}, 'c': {'c': math.exp(-1)}})
+    example = {'ctx': "a", 'endings': ["b", "cccccc", "zzzzz", "zzzz"], 'label': 1}
+    tokens, mask, _ = hellaswag.render_example(example, char_encode, block_size=64)
+    total, mean = hellaswag.score_endings(model, tokens, mask)
+    space = -math.log(0.999)
+    assert total[:2].tolist() == pytest.approx([space + 3, space + 6], rel=1e-5)  # 'b' wins the sum ...
+    assert mean[:2].tolist() == pytest.approx([(space + 3) / 2, (space + 6) / 7], rel=1e-5)  # ... 'cccccc' the mean
+    assert hellaswag.evaluate(model, [example], encode=char_encode) == {'acc': 0.0, 'acc_norm': 1.0, 'examples': 1}
+
+
+def tiny_gpt(block_size=32):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(block_size=block_size, vocab_size=V, n_layer=2, n_head=2, n_embd=32, dropout=0.0)).eval()
+
+
+def reference_scores(model, ctx, ending):
+    """One ending alone, no padding or mask: the loss of each ending token from a plain forward pass."""
+    row = torch.tensor(char_encode(ctx + ' ' + ending))[-(model.config.block_size + 1):]
+    n_end = min(len(ending) + 1, len(row) - 1)
+    logits, _ = model(row[None, :-1], row[None, 1:])
+    losses = F.cross_entropy(logits[0, -n_end:], row[-n_end:], reduction='none')
+    return losses.sum().item(), losses.mean().item()
+
+
+@pytest.mark.parametrize('ctx', ["A short context.", "A context far longer than the tiny model's block size of 32."])
+def test_batched_padded_scores_equal_each_ending_alone(ctx):
+    model = tiny_gpt()
+    example = {'ctx': ctx, 'endings': ["x", "a much longer ending than the others", "mid length", ""], 'label': 2}
+    tokens, mask, _ = hellaswag.render_example(example, char_encode, model.config.block_size)
+    assert tokens.shape[1] <= model.config.block_size + 1
+    total, mean = hellaswag.score_endings(model, tokens, mask)
+    for i, ending in enumerate(example['endings']):
+        ref_total, ref_mean = reference_scores(model, ctx, ending)
+        assert total[i].item() == pytest.approx(ref_total, rel=1e-4)
+        assert mean[i].item() == pytest.approx(ref_mean, rel=1e-4)
+
+
+def test_processes_share_the_examples():
+    model = tiny_gpt()
+    examples = [{'ctx': f"Example {i}:", 'endings': ["a b", "cd", "e f g", "hij"], 'label': i % 4} for i in range(7)]
+    whole = hellaswag.evaluate(model, examples, encode=char_encode)
+    parts = [hellaswag.evaluate(model, examples, rank=r, world_size=3, encode=char_encode) for r in range(3)]
+    assert [p['examples'] for p in parts] == [3, 2, 2]  # without a process group each returns its own counts
+    for key in ('acc', 'acc_norm'):
+        assert sum(p[key] * p['examples'] for p in parts) == pytest.approx(whole[key] * 7)
+
+
+def test_render_with_gpt2_bpe():
+    needs_tiktoken_cache()
+    example = {'ctx': "Once upon a", 'endings': ["time", "time there", "x", "y"], 'label': 0}
+    tokens, mask, label = hellaswag.render_example(example, hellaswag.gpt2_encode, block_size=1024)
+    # the fixtures' known figure: "Once upon a time" is [7454, 2402, 257, 640], ' time' one token
+    assert tokens[0].tolist() == [7454, 2402, 257, 640, 0]
+    assert mask[0].tolist() == [0, 0, 0, 1, 0] and mask[1].tolist()[:3] == [0, 0, 0] and mask[1].sum() == 2
+    assert label == 0
+
+
+def test_load_examples_downloads_once_and_checks_lines(http_server, tmp_path, monkeypatch):
+    lines = [{'ind': i, 'ctx': f"c{i}", 'endings': ["a", "b", "c", "d"], 'label': i % 4} for i in range(5)]
+    (http_server.folder / 'hellaswag_val.jsonl').write_text(''.join(json.dumps(x) + '\n' for x in lines))
+    monkeypatch.setattr(hellaswag, 'URL', f'{http_server.url}/hellaswag_val.jsonl')
+    path = str(tmp_path / 'hellaswag' / 'hellaswag_val.jsonl')
+    assert hellaswag.load_examples(path) == lines
+    assert hellaswag.load_examples(path, limit=2) == lines[:2]
+    assert len(http_server.requests) == 1
+    with open(path, 'a') as f:
+        f.write('{"ctx": "no endings"}\n')
+    with pytest.raises(UserError, match='line 6 is not a HellaSwag example'):
+        hellaswag.load_examples(path)
+
+
+def test_a_character_level_model_is_refused():
+    with pytest.raises(UserError, match="GPT-2's BPE"):
+        hellaswag.check_vocab(tiny_gpt())
+
+
+def test_standalone_on_a_checkpoint(tmp_path, monkeypatch, capsys):
+    needs_tiktoken_cache()
+    from common import save_checkpoint
+    torch.manual_seed(0)
+    args = dict(block_size=32, vocab_size=50304, n_layer=1, n_head=2, n_embd=16, bias=False)
+    model = GPT(GPTConfig(**args)).eval()
+    (tmp_path / 'out').mkdir()
+    save_checkpoint({'model': model.state_dict(), 'model_args': args, 'config': {}},
+                    str(tmp_path / 'out' / 'ckpt.pt'))
+    examples = [{'ctx': f"The {w} is", 'endings': ["open.", "closed now", "red", "a door."], 'label': i % 4}
+                for i, w in enumerate(['door', 'shop', 'gate', 'box'])]
+    (tmp_path / 'data' / 'hellaswag').mkdir(parents=True)
+    (tmp_path / 'data' / 'hellaswag' / 'hellaswag_val.jsonl').write_text(
+        ''.join(json.dumps(e) + '\n' for e in examples))
+    monkeypatch.chdir(tmp_path)
+    result = hellaswag.main(['--out_dir=out', '--device=cpu', '--max_examples=3'])
+    assert result == hellaswag.evaluate(model, examples[:3]) and result['examples'] == 3
+    line = f"HellaSwag, 3 examples: acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f}"
+    assert line in capsys.readouterr().out
