@@ -412,7 +412,7 @@ def _train(cfg, rt, stop):
         dt, t0 = t1 - t0, t1
         if iter_num % cfg.log_interval == 0 and rt.master:
             lossf = loss.item() * accum_steps  # the last micro-step's loss; a sync point
-            mfu = raw_model.estimate_mfu(cfg.batch_size * cfg.gradient_accumulation_steps, dt)
+            mfu = raw_model.estimate_mfu(cfg.batch_size * accum_steps, dt)  # this process, against one device
             eta = (time.time() - t_start) / (iter_num - start_iter) * (cfg.max_iters - iter_num)
             mfu_text = f"{mfu * 100:.2f}%" if mfu is not None else 'n/a'
             print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, "
