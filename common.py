@@ -201,6 +201,17 @@ def load_meta(path):
 # -----------------------------------------------------------------------------
 # downloads
 
+def read_or_download_text(path, url, name):
+    """The text in path, downloaded from url first if it is not there; a failed download says where to put it."""
+    if not os.path.exists(path):
+        try:
+            download(url, path)
+        except UserError as e:
+            raise UserError(f"{e}; or put {name} at '{path}' by hand") from None
+    with open(path, 'r', encoding='utf-8') as f:
+        return f.read()
+
+
 def download(url, path, sha256=None, size=None, chunk_size=1 << 20, retries=3, timeout=30):
     """
     Download url to path with a progress line, resuming a partial '<path>.part' left by an earlier try.

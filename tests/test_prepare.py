@@ -1,7 +1,4 @@
-import functools
-import http.server
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -10,45 +7,6 @@ from common import UserError, load_meta
 from conftest import SHAKESPEARE, load_script, shakespeare_text
 
 prepare_char = load_script('data/shakespeare_char/prepare.py', 'prepare_char')
-
-
-@pytest.fixture
-def http_server(tmp_path):
-    """A loopback HTTP server over tmp_path/'www' (it honours Range requests); yields its base URL."""
-    root = tmp_path / 'www'
-    root.mkdir()
-    handler = functools.partial(RangeHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f'http://127.0.0.1:{server.server_address[1]}'
-    server.shutdown()
-    server.server_close()
-
-
-class RangeHandler(http.server.SimpleHTTPRequestHandler):
-    requests_seen = []
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        RangeHandler.requests_seen.append((self.path, self.headers.get('Range')))
-        path = self.translate_path(self.path)
-        try:
-            data = open(path, 'rb').read()
-        except OSError:
-            self.send_error(404)
-            return
-        start = 0
-        if self.headers.get('Range'):
-            start = int(self.headers['Range'].split('=')[1].split('-')[0])
-            self.send_response(206)
-        else:
-            self.send_response(200)
-        self.send_header('Content-Length', str(len(data) - start))
-        self.end_headers()
-        self.wfile.write(data[start:])
 
 
 def check_char_outputs(data_dir, text):
@@ -84,18 +42,16 @@ def test_prepare_known_figures(tmp_path):
 
 
 def test_prepare_downloads_over_http(tmp_path, http_server):
-    root, url = http_server
     text = shakespeare_text()[:50_000]
-    (root / 'input.txt').write_text(text, encoding='utf-8')
+    (http_server.folder / 'input.txt').write_text(text, encoding='utf-8')
     data_dir = tmp_path / 'data'
     data_dir.mkdir()
-    prepare_char.prepare(str(data_dir), url=f'{url}/input.txt')
+    prepare_char.prepare(str(data_dir), url=f'{http_server.url}/input.txt')
     assert (data_dir / 'input.txt').read_text(encoding='utf-8') == text
     check_char_outputs(data_dir, text)
 
 
 def test_failed_download_says_where_to_put_the_file(tmp_path, http_server):
-    _, url = http_server
     with pytest.raises(UserError, match=r"put Tiny Shakespeare at '.*input.txt' by hand"):
-        prepare_char.prepare(str(tmp_path), url=f'{url}/missing.txt')
+        prepare_char.prepare(str(tmp_path), url=f'{http_server.url}/missing.txt')
     assert not (tmp_path / 'input.txt').exists()

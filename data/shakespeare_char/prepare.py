@@ -11,20 +11,13 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-from common import UserError, download, run_main  # noqa: E402
+from common import read_or_download_text, run_main  # noqa: E402
 
 DATA_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 
 
 def prepare(data_dir, url=DATA_URL):
-    input_path = os.path.join(data_dir, 'input.txt')
-    if not os.path.exists(input_path):
-        try:
-            download(url, input_path)
-        except UserError as e:
-            raise UserError(f"{e}; or put Tiny Shakespeare at '{input_path}' by hand") from None
-    with open(input_path, 'r', encoding='utf-8') as f:
-        data = f.read()
+    data = read_or_download_text(os.path.join(data_dir, 'input.txt'), url, 'Tiny Shakespeare')
     print(f"length of dataset in characters: {len(data):,}")
 
     chars = sorted(set(data))
