@@ -25,7 +25,6 @@ from torch.nn import functional as F
 import sample
 from common import UserError, download, print0, run_main, setup
 from configurator import config_from_globals, load_config
-from model import GPT
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (the checkpoint in out_dir), a GPT-2 name ('gpt2', ...) or a local HF GPT-2 folder
@@ -134,16 +133,10 @@ def check_vocab(model):
                         f"{model.config.vocab_size} tokens (a character-level model?); use a GPT-2 BPE model")
 
 
-def load_model(cfg):
-    if cfg.init_from == 'resume':
-        return sample.load_model(cfg)[0]
-    return GPT.from_pretrained(cfg.init_from)
-
-
 def main(argv=None):
     cfg = SimpleNamespace(**load_config(DEFAULTS, argv, TYPES))
     rt = setup(cfg.device, cfg.dtype)
-    model = load_model(cfg)
+    model = sample.load_model(cfg)[0]  # a checkpoint, a GPT-2 name or a Hugging Face folder
     check_vocab(model)
     model.to(rt.device)
     examples = load_examples(limit=cfg.max_examples)
