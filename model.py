@@ -29,6 +29,32 @@ class LayerNorm(nn.Module):
         return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+class KVCache:
+    """
+    One layer's keys and values for the tokens seen so far, used by GPT.generate for one call only: it is
+    not a module buffer, so it costs no memory outside generation and the state dict does not change.
+    The buffer is allocated once at its full length (block_size) and written in place, instead of growing
+    by torch.cat at every step, which would copy the whole cache each time.
+    """
+
+    def __init__(self, max_len):
+        self.max_len = max_len
+        self.len = 0  # the number of tokens cached
+        self.k = self.v = None  # (B, nh, max_len, hs), allocated at the first append with k's dtype and device
+
+    def append(self, k, v):
+        """Store k and v (B, nh, T, hs) after the cached tokens; return the keys and values of all of them."""
+        if self.k is None:
+            B, nh, _, hs = k.shape
+            self.k = k.new_empty(B, nh, self.max_len, hs)
+            self.v = v.new_empty(B, nh, self.max_len, hs)
+        end = self.len + k.size(2)
+        self.k[:, :, self.len:end] = k
+        self.v[:, :, self.len:end] = v
+        self.len = end
+        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, end, hs)
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
@@ -45,23 +71,30 @@ class CausalSelfAttention(nn.Module):
         # the fused kernel (flash / memory-efficient attention) exists from PyTorch 2.0 on
         self.flash = hasattr(F, 'scaled_dot_product_attention')
 
-    def forward(self, x):
+    def forward(self, x, kv_cache=None):
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if kv_cache is not None:
+            # a cache takes a whole prompt while empty (prefill), then one token at a time
+            assert kv_cache.len == 0 or T == 1, "feed a cache one token at a time after the prompt"
+            k, v = kv_cache.append(k, v)  # (B, nh, L, hs): the cached tokens' keys and values, then these
+        L = k.size(2)
         if self.flash:
+            # is_causal masks a square (T == L); a single new token (T == 1) may see every cached one
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+                q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0.0, is_causal=T > 1)
         else:
-            # the explicit path: (B, nh, T, hs) x (B, nh, hs, T) -> (B, nh, T, T)
+            # the explicit path: (B, nh, T, hs) x (B, nh, hs, L) -> (B, nh, T, L)
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            att = att.masked_fill(~causal, float('-inf'))
+            if T > 1:
+                causal = torch.ones(T, L, dtype=torch.bool, device=x.device).tril()
+                att = att.masked_fill(~causal, float('-inf'))
             att = F.softmax(att, dim=-1)
             att = self.attn_dropout(att)
-            y = att @ v  # (B, nh, T, T) x (B, nh, T, hs) -> (B, nh, T, hs)
+            y = att @ v  # (B, nh, T, L) x (B, nh, L, hs) -> (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -89,8 +122,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), kv_cache)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -149,6 +182,24 @@ def peak_flops(device_type, device_name=''):
     return None
 
 
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick one token per row of logits (b, vocab_size): returns (b, 1)."""
+    if temperature == 0 or top_k == 1:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float('Inf')
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = F.softmax(sorted_logits, dim=-1)
+        # drop a token once the more likely ones add up to more than top_p; the most likely one always stays
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
+        logits = logits.scatter(-1, sorted_idx, sorted_logits.masked_fill(drop, -float('Inf')))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
 class GPT(nn.Module):
 
     def __init__(self, config):
@@ -192,17 +243,23 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, kv_caches=None):
+        """
+        idx (b, t) -> logits, loss. With kv_caches (one KVCache per layer, from generate), idx continues
+        the tokens already cached: its positions start after them, and its keys and values are added.
+        """
         b, t = idx.size()
-        if t > self.config.block_size:
-            raise ValueError(f"cannot forward a sequence of length {t}: block_size is {self.config.block_size}")
-        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)  # (t)
+        start = 0 if kv_caches is None else kv_caches[0].len
+        if start + t > self.config.block_size:
+            raise ValueError(f"cannot forward a sequence of length {start + t}: "
+                             f"block_size is {self.config.block_size}")
+        pos = torch.arange(start, start + t, dtype=torch.long, device=idx.device)  # (t)
 
         tok_emb = self.transformer.wte(idx)  # (b, t, n_embd)
         pos_emb = self.transformer.wpe(pos)  # (t, n_embd)
         x = self.transformer.drop(tok_emb + pos_emb)
-        for block in self.transformer.h:
-            x = block(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if kv_caches is None else kv_caches[i])
         x = self.transformer.ln_f(x)
 
         if targets is not None:
@@ -270,20 +327,51 @@ class GPT(nn.Module):
         return None if peak is None else flops_per_iter / dt / peak
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
+                 use_kv_cache=True, generator=None):
         """
-        Extend each sequence in idx (LongTensor of shape (b, t)) by max_new_tokens sampled tokens.
-        Call model.eval() first.
+        Extend each sequence in idx (LongTensor of shape (b, t)) by up to max_new_tokens sampled tokens;
+        see generate_tokens for the arguments. Call model.eval() first.
         """
+        new_tokens = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, stop_token,
+                                               use_kv_cache, generator))
+        return torch.cat([idx, *new_tokens], dim=1)
+
+    @torch.no_grad()
+    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
+                        use_kv_cache=True, generator=None):
+        """
+        Yield the next token of each sequence in idx (b, t), a (b, 1) LongTensor per step, max_new_tokens
+        times or until every sequence has produced stop_token; a sequence that has stopped gets stop_token
+        from then on. temperature 0 (or top_k 1) picks the most likely token; top_p keeps the fewest most
+        likely tokens whose probabilities add up to top_p (nucleus sampling); generator is a torch.Generator
+        for the sampling, the global one if None.
+
+        With use_kv_cache, the prompt goes through the model once (prefill) and then only the newest token,
+        against the cached keys and values of the earlier ones. Without, every step runs the whole context
+        (nanoGPT's way): the reference the cache is tested against. Both give the same tokens.
+        """
+        block_size = self.config.block_size
+        caches = [KVCache(block_size) for _ in self.transformer.h] if use_kv_cache else None
+        stopped = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
-            # past block_size, the model sees only the last block_size tokens
-            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
-            logits, _ = self(idx_cond)
-            logits = logits[:, -1, :] / temperature
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float('Inf')
-            probs = F.softmax(logits, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1)
+            if caches is None:
+                logits, _ = self(idx[:, -block_size:])
+            elif caches[0].len in (0, block_size):
+                # prefill, at the start and whenever the cache is full. Past block_size the model sees the last
+                # block_size tokens from position 0, so a shift moves every token to a new position embedding
+                # and every cached key and value changes: each further token costs a full forward of
+                # block_size tokens, as without the cache.
+                for cache in caches:
+                    cache.len = 0
+                logits, _ = self(idx[:, -block_size:], kv_caches=caches)
+            else:
+                logits, _ = self(idx[:, -1:], kv_caches=caches)
+            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            if stop_token is not None:
+                idx_next = idx_next.masked_fill(stopped[:, None], stop_token)
+                stopped |= idx_next[:, 0] == stop_token
             idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+            yield idx_next
+            if stop_token is not None and stopped.all():
+                return

@@ -3,8 +3,10 @@ Sample from a trained model.
 
 $ python sample.py --out_dir=out-shakespeare-char
 $ python sample.py --start="Once upon a time" --num_samples=3 --max_new_tokens=100
-$ python sample.py --start=FILE:prompt.txt
+$ python sample.py --start=FILE:prompt.txt --top_p=0.9 --stop="'\n'"
 $ python sample.py --init_from=gpt2-xl --start="What is the answer to life, the universe, and everything?"
+
+The samples are generated as one batch; the first is printed as its tokens arrive, the others when it is done.
 """
 
 import os
@@ -23,15 +25,17 @@ out_dir = 'out'  # ignored if init_from is not 'resume'
 start = "\n"  # or "<|endoftext|>" or etc. Can also specify a file, use as: "FILE:prompt.txt"
 num_samples = 10  # number of samples to draw
 max_new_tokens = 500  # number of tokens generated in each sample
-temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random, in predictions
+temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random, 0 = the most likely token
 top_k = 200  # retain only the top_k most likely tokens, clamp others to have 0 probability
+top_p = None  # or e.g. 0.9: retain only the fewest most likely tokens whose probabilities add up to top_p
+stop = None  # end each sample at this token: its text, e.g. '<|endoftext|>' or a character, or its id
 seed = 1337
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where supported, else float16 on CUDA; float32 elsewhere), 'float32', ...
 compile = False  # use PyTorch 2.0 to compile the model to be faster
 # -----------------------------------------------------------------------------
 DEFAULTS = config_from_globals(globals())
-TYPES = {'top_k': int}
+TYPES = {'top_k': int, 'top_p': float, 'stop': (str, int)}
 
 
 def load_model(cfg):
@@ -79,9 +83,42 @@ def read_prompt(start):
     return start
 
 
+def stop_token_id(stop, encode, vocab_size):
+    """The token id for the stop setting: an id as it is, a text that must encode to a single token."""
+    if stop is None:
+        return None
+    ids = [stop] if isinstance(stop, int) else encode(stop)
+    if len(ids) != 1:
+        raise UserError(f"stop={stop!r} is {len(ids)} tokens, not one; give a single token's text or its id")
+    if not 0 <= ids[0] < vocab_size:
+        raise UserError(f"stop={stop!r} is not a token id of this model (0 to {vocab_size - 1})")
+    return ids[0]
+
+
+def sample_text(start_ids, new_ids, decode, stop_id):
+    """A sample's text: the prompt and the generated tokens before the first stop token."""
+    if stop_id in new_ids:
+        new_ids = new_ids[:new_ids.index(stop_id)]
+    return decode(start_ids + new_ids)
+
+
+def print_new_text(text, shown):
+    """Print text after its first `shown` characters, flushed; returns how many characters are shown now."""
+    # a BPE token can end inside a multi-byte character, which decodes to U+FFFD until the rest arrives
+    ready = len(text.rstrip('\ufffd'))
+    if ready > shown:
+        print(text[shown:ready], end='', flush=True)
+    return max(ready, shown)
+
+
 def sample(cfg):
-    """Print cfg.num_samples samples; returns their texts."""
+    """
+    Print cfg.num_samples samples, generated as one batch; returns their texts. The first sample is
+    printed as its tokens arrive, the others when the batch is done: the text is the same either way.
+    """
     cfg = SimpleNamespace(**cfg) if isinstance(cfg, dict) else cfg
+    if cfg.num_samples < 1:
+        raise UserError(f"num_samples={cfg.num_samples}; draw at least one sample")
     rt = setup(cfg.device, cfg.dtype)
     torch.manual_seed(cfg.seed)
     model, train_config = load_model(cfg)
@@ -94,15 +131,24 @@ def sample(cfg):
     start_ids = encode(read_prompt(cfg.start))
     if not start_ids:
         raise UserError("the prompt is empty; give one with --start=TEXT or --start=FILE:path")
-    x = torch.tensor(start_ids, dtype=torch.long, device=rt.device)[None, ...]
+    stop_id = stop_token_id(cfg.stop, encode, model.config.vocab_size)
+    x = torch.tensor([start_ids] * cfg.num_samples, dtype=torch.long, device=rt.device)  # (num_samples, t)
 
-    texts = []
+    new_ids = [[] for _ in range(cfg.num_samples)]
+    shown = print_new_text(decode(start_ids), 0)
     with torch.no_grad(), rt.autocast:
-        for _ in range(cfg.num_samples):
-            y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k)
-            texts.append(decode(y[0].tolist()))
-            print(texts[-1])
-            print('---------------')
+        for idx_next in model.generate_tokens(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                                              top_p=cfg.top_p, stop_token=stop_id):
+            for ids, token in zip(new_ids, idx_next[:, 0].tolist()):
+                ids.append(token)
+            shown = print_new_text(sample_text(start_ids, new_ids[0], decode, stop_id), shown)
+
+    texts = [sample_text(start_ids, ids, decode, stop_id) for ids in new_ids]
+    print(texts[0][shown:])
+    print('---------------')
+    for text in texts[1:]:
+        print(text)
+        print('---------------')
     return texts
 
 

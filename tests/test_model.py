@@ -1,9 +1,11 @@
 import math
+import weakref
 
 import pytest
 import torch
+import torch.nn as nn
 
-from model import GPT, GPTConfig, peak_flops
+from model import GPT, GPTConfig, KVCache, peak_flops, sample_next
 
 
 def tiny_config(**overrides):
@@ -138,29 +140,171 @@ def test_too_long_sequence_is_an_error():
         model(torch.zeros(1, 17, dtype=torch.long))
 
 
-def test_generate_crops_context_to_block_size():
-    model = tiny_model()
+def varied_model(seed=0, **overrides):
+    """
+    A tiny model whose greedy output varies: at init, with tied embeddings, a token's own logit is the largest
+    and greedy decoding repeats the last token, which would make cache-vs-no-cache comparisons too easy.
+    """
+    model = tiny_model(seed, **overrides)
+    model.lm_head.weight = nn.Parameter(torch.randn(model.lm_head.weight.shape))
+    return model
+
+
+def set_flash(model, flash):
+    for block in model.transformer.h:
+        block.attn.flash = flash
+
+
+def spy_on_forward(model):
+    """Record the length of every sequence the model's forward is given."""
     seen = []
     original_forward = model.forward
 
-    def spy(idx, targets=None):
+    def spy(idx, targets=None, kv_caches=None):
         seen.append(idx.size(1))
-        return original_forward(idx, targets)
+        return original_forward(idx, targets, kv_caches)
     model.forward = spy
-    out = model.generate(torch.zeros(2, 10, dtype=torch.long), max_new_tokens=12)
+    return seen
+
+
+def test_generate_crops_context_to_block_size():
+    model = tiny_model()
+    seen = spy_on_forward(model)
+    out = model.generate(torch.zeros(2, 10, dtype=torch.long), max_new_tokens=12, use_kv_cache=False)
     assert out.shape == (2, 22)
     assert max(seen) == 16 and seen[-1] == 16
 
 
-def test_generate_top_k_one_is_greedy():
+def test_kv_cache_prefills_once_then_feeds_one_token_until_full():
     model = tiny_model()
-    idx = torch.randint(0, 50, (1, 4))
-    out = model.generate(idx, max_new_tokens=5, top_k=1)
-    expected = idx
-    for _ in range(5):
-        logits, _ = model(expected)
-        expected = torch.cat([expected, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(out, expected)
+    seen = spy_on_forward(model)
+    out = model.generate(torch.zeros(2, 10, dtype=torch.long), max_new_tokens=12)
+    assert out.shape == (2, 22)
+    # the 10-token prompt, then 6 single tokens fill the 16 positions; past them every step is a full prefill
+    assert seen == [10] + [1] * 6 + [16] * 5
+
+
+@pytest.mark.parametrize('flash', [True, False])
+def test_cached_forward_matches_full_forward(flash):
+    """Logits for each position, fed through the cache one token at a time, equal the full forward's."""
+    model = tiny_model()
+    set_flash(model, flash)
+    idx = torch.randint(0, 50, (3, 16))
+    full, _ = model(idx, idx)
+    caches = [KVCache(16) for _ in model.transformer.h]
+    logits, _ = model(idx[:, :5], kv_caches=caches)
+    steps = [logits[:, -1]]
+    for t in range(5, 16):
+        logits, _ = model(idx[:, t:t + 1], kv_caches=caches)
+        steps.append(logits[:, -1])
+    torch.testing.assert_close(torch.stack(steps, dim=1), full[:, 4:], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match='block_size is 16'):
+        model(idx[:, :1], kv_caches=caches)
+
+
+@pytest.mark.parametrize('flash', [True, False])
+@pytest.mark.parametrize('seed', range(4))
+def test_generate_with_cache_equals_without(flash, seed):
+    """Greedy and seeded sampling, a batch of different prompts, running past block_size (16): the same tokens."""
+    model = varied_model(seed=seed, bias=seed % 2 == 0)
+    set_flash(model, flash)
+    idx = torch.randint(0, 50, (3, 5))
+    for kwargs in [dict(temperature=0), dict(temperature=1.0), dict(temperature=0.8, top_k=10, top_p=0.9)]:
+        outs = [model.generate(idx, 30, use_kv_cache=use_kv_cache, generator=torch.Generator().manual_seed(seed),
+                               **kwargs) for use_kv_cache in (True, False)]
+        assert outs[0].shape == (3, 35)
+        assert torch.equal(outs[0], outs[1]), kwargs
+
+
+def test_cache_and_attention_paths_agree():
+    model = varied_model()
+    idx = torch.randint(0, 50, (2, 3))
+    outs = []
+    for flash in (True, False):
+        set_flash(model, flash)
+        outs += [model.generate(idx, 20, temperature=0, use_kv_cache=c) for c in (True, False)]
+    assert all(torch.equal(out, outs[0]) for out in outs)
+
+
+def test_batch_rows_equal_single_generations():
+    model = varied_model()
+    idx = torch.randint(0, 50, (3, 6))
+    batch = model.generate(idx, 20, temperature=0)
+    for row in range(3):
+        assert torch.equal(batch[row:row + 1], model.generate(idx[row:row + 1], 20, temperature=0))
+
+
+def greedy_reference(model, idx, steps):
+    """nanoGPT's greedy loop, written out: the whole context through the model, argmax of the last logits."""
+    for _ in range(steps):
+        logits, _ = model(idx[:, -model.config.block_size:])
+        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+@pytest.mark.parametrize('use_kv_cache', [True, False])
+def test_generate_top_k_one_and_temperature_zero_are_greedy(use_kv_cache):
+    model = varied_model()
+    idx = torch.randint(0, 50, (2, 4))
+    expected = greedy_reference(model, idx, 20)
+    assert torch.equal(model.generate(idx, 20, top_k=1, use_kv_cache=use_kv_cache), expected)
+    assert torch.equal(model.generate(idx, 20, temperature=0, use_kv_cache=use_kv_cache), expected)
+
+
+def test_top_p_one_equals_no_top_p_and_tiny_top_p_is_greedy():
+    model = varied_model()
+    idx = torch.randint(0, 50, (2, 4))
+    plain = model.generate(idx, 20, top_k=20, generator=torch.Generator().manual_seed(1))
+    with_p = model.generate(idx, 20, top_k=20, top_p=1.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(plain, with_p)
+    assert torch.equal(model.generate(idx, 20, top_p=1e-9), greedy_reference(model, idx, 20))
+
+
+def test_top_p_samples_only_the_nucleus():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(4000, 4)
+    g = torch.Generator().manual_seed(0)
+    # 0.5 + 0.3 reach 0.75: the nucleus is the first two, drawn in proportion 5:3
+    counts = torch.bincount(sample_next(logits, top_p=0.75, generator=g)[:, 0], minlength=4)
+    assert counts[2:].sum() == 0
+    assert counts[0] / 4000 == pytest.approx(0.5 / 0.8, abs=0.03)
+    counts = torch.bincount(sample_next(logits, top_p=0.9, generator=g)[:, 0], minlength=4)
+    assert counts[3] == 0 and counts[2] > 0
+
+
+@pytest.mark.parametrize('use_kv_cache', [True, False])
+def test_stop_token_ends_each_sample(use_kv_cache):
+    model = varied_model()
+    idx = torch.randint(0, 50, (3, 4))
+    free = model.generate(idx, 20, temperature=0)[:, 4:]
+    stop = free[0, 7].item()  # the eighth token of the first sample
+    out = model.generate(idx, 20, temperature=0, stop_token=stop, use_kv_cache=use_kv_cache)
+    # each row follows the free run up to its first stop token and holds stop_token after it; generation ends
+    # once every row has stopped
+    firsts = [row.tolist().index(stop) if stop in row.tolist() else None for row in free]
+    assert None not in firsts and len(set(firsts)) > 1  # here every row stops, not all at the same step
+    expected = free[:, :max(firsts) + 1].clone()
+    for row, first in enumerate(firsts):
+        expected[row, first:] = stop
+    assert torch.equal(out, torch.cat([idx, expected], dim=1))
+
+
+def test_generation_leaves_the_model_as_it_was(monkeypatch):
+    """The cache lives only during a call: no buffers, the same state dict, every cache freed at the end."""
+    caches = []
+    original_init = KVCache.__init__
+
+    def recording_init(self, *args):
+        original_init(self, *args)
+        caches.append(weakref.ref(self))
+    monkeypatch.setattr(KVCache, '__init__', recording_init)
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.generate(torch.randint(0, 50, (2, 4)), 20)
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert not list(model.buffers())
+    assert len(caches) == 2 and all(ref() is None for ref in caches)
 
 
 def test_crop_block_size():

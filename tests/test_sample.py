@@ -1,0 +1,129 @@
+import os
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import sample
+from common import UserError, load_meta, save_checkpoint
+from configurator import parse_config
+from conftest import needs_tiktoken_cache
+from model import GPT, GPTConfig
+
+
+@pytest.fixture
+def char_ckpt(char_data, monkeypatch):
+    """A random char-level model saved as out/ckpt.pt, with char_data (holding data/shakespeare_char) as cwd."""
+    monkeypatch.chdir(char_data)
+    vocab_size = load_meta(os.path.join('data', 'shakespeare_char', 'meta.pkl'))['vocab_size']
+    model_args = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, bias=False, vocab_size=vocab_size)
+    model = GPT(GPTConfig(**model_args))
+    os.makedirs('out')
+    save_checkpoint({'model': model.state_dict(), 'model_args': model_args,
+                     'config': {'dataset': 'shakespeare_char'}}, os.path.join('out', 'ckpt.pt'))
+
+
+def sample_cfg(**overrides):
+    cfg = dict(sample.DEFAULTS, out_dir='out', device='cpu', dtype='float32', start='ROMEO:', num_samples=3,
+               max_new_tokens=40)
+    cfg.update(overrides)
+    return cfg
+
+
+def reference_texts(cfg, stop_id=None):
+    """What sample.py must print: the same seed and model, generate without the cache, decoded at the end."""
+    torch.manual_seed(cfg['seed'])
+    model, train_config = sample.load_model(SimpleNamespace(**cfg))  # builds the model as sample does
+    model.eval()
+    encode, decode = sample.get_codec(train_config)
+    start_ids = encode(cfg['start'])
+    x = torch.tensor([start_ids] * cfg['num_samples'])
+    y = model.generate(x, cfg['max_new_tokens'], temperature=cfg['temperature'], top_k=cfg['top_k'],
+                       top_p=cfg['top_p'], stop_token=stop_id, use_kv_cache=False)
+    return [sample.sample_text(start_ids, row[len(start_ids):].tolist(), decode, stop_id) for row in y]
+
+
+@pytest.mark.parametrize('top_p', [None, 0.9])
+def test_printed_text_equals_the_uncached_batch(char_ckpt, capsys, top_p):
+    cfg = sample_cfg(top_p=top_p)
+    texts = sample.sample(cfg)
+    out = capsys.readouterr().out
+    expected = reference_texts(cfg)
+    assert texts == expected and all(t.startswith('ROMEO:') and len(t) == 46 for t in texts)
+    assert out.split('\n', 1)[1] == ''.join(f'{t}\n---------------\n' for t in expected)
+
+
+def test_first_sample_is_printed_as_it_is_generated(char_ckpt, monkeypatch):
+    generated = 0
+    original = GPT.generate_tokens
+
+    def counting(self, *args, **kwargs):
+        nonlocal generated
+        for idx_next in original(self, *args, **kwargs):
+            generated += 1
+            yield idx_next
+    monkeypatch.setattr(GPT, 'generate_tokens', counting)
+    writes = []  # (tokens generated so far, text written)
+    monkeypatch.setattr(sys, 'stdout', SimpleNamespace(write=lambda s: writes.append((generated, s)),
+                                                       flush=lambda: None))
+    texts = sample.sample(sample_cfg())
+    # with characters for tokens, the prompt and then every new character appear before the next is generated
+    streamed = ''.join(s for n, s in writes if n < 40).split('\n', 1)[1]  # after the 'Loading meta' line
+    assert streamed == texts[0][:-1]
+    assert {n for n, _ in writes} >= set(range(41))
+
+
+def test_stop_ends_each_sample(char_ckpt, capsys):
+    full = sample.sample(sample_cfg())
+    stop = full[0][len('ROMEO:') + 4]  # the fifth new character of the first sample
+    texts = sample.sample(sample_cfg(stop=stop))
+    for free, stopped in zip(full, texts):
+        new = free[len('ROMEO:'):]
+        assert stopped == 'ROMEO:' + new.split(stop)[0]
+    assert len(texts[0]) <= len('ROMEO:') + 4
+    stop_id = load_meta(os.path.join('data', 'shakespeare_char', 'meta.pkl'))['stoi'][stop]
+    assert texts == reference_texts(sample_cfg(stop=stop), stop_id)
+    assert capsys.readouterr().out.count('---------------\n') == 6
+
+
+def test_stop_token_id(char_data):
+    encode = lambda s: [ord(c) for c in s]  # noqa: E731
+    assert sample.stop_token_id(None, encode, 128) is None
+    assert sample.stop_token_id('\n', encode, 128) == 10
+    assert sample.stop_token_id(7, encode, 128) == 7
+    with pytest.raises(UserError, match='2 tokens'):
+        sample.stop_token_id('ab', encode, 128)
+    with pytest.raises(UserError, match='not a token id'):
+        sample.stop_token_id(50256, encode, 128)
+
+
+def test_stop_token_id_for_gpt2_end_of_text():
+    needs_tiktoken_cache()
+    encode, _ = sample.get_codec({})
+    assert sample.stop_token_id('<|endoftext|>', encode, 50304) == 50256
+    assert sample.stop_token_id(50256, encode, 50304) == 50256
+
+
+def test_top_p_and_stop_on_the_command_line():
+    cfg = parse_config(sample.DEFAULTS, ['--top_p=1', '--stop=<|endoftext|>', '--temperature=0'], sample.TYPES)
+    assert cfg['top_p'] == 1.0 and cfg['stop'] == '<|endoftext|>' and cfg['temperature'] == 0.0
+    assert parse_config(sample.DEFAULTS, ['--stop=50256'], sample.TYPES)['stop'] == 50256
+    assert parse_config(sample.DEFAULTS, ["--stop='\\n'"], sample.TYPES)['stop'] == '\n'
+
+
+def test_print_new_text_holds_back_an_unfinished_character(capsys):
+    needs_tiktoken_cache()
+    encode, decode = sample.get_codec({})
+    text = 'naïve 🦜 日本語'
+    ids = encode(text)
+    assert '\ufffd' in decode(ids[:-1])  # byte-level tokens: a prefix can end inside a character
+    shown = 0
+    for n in range(1, len(ids) + 1):  # as sample.py streams: decode everything so far, print what is new
+        shown = sample.print_new_text(decode(ids[:n]), shown)
+    assert capsys.readouterr().out == text and shown == len(text)
+
+
+def test_no_samples_is_a_user_error():
+    with pytest.raises(UserError, match='num_samples=0'):
+        sample.sample(sample_cfg(num_samples=0))
