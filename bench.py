@@ -1,12 +1,20 @@
 """
-Benchmarks, with random weights (no checkpoint or data needed).
+Benchmarks at a chosen model shape, with random weights; the default shape is GPT-2 (124M).
 
-mode='generate': tokens/s of GPT.generate with and without the KV cache, greedy, at a given model shape.
-$ python bench.py  (GPT-2 124M's shape, 16-token prompt, 128 new tokens)
-$ python bench.py --n_layer=6 --n_head=6 --n_embd=384 --block_size=256 --vocab_size=65 --prompt_len=1 \
-      --max_new_tokens=300  (shakespeare-char's shape)
+mode='train' (the default): the training step alone (forward, backward, clip, AdamW), on synthetic batches or
+a prepared dataset, reporting ms/iter, tokens/s and MFU against the device's peak (a table of GPUs' bf16
+peaks; on CPU a matmul peak measured at start).
+$ python bench.py
+$ python bench.py --batch_size=8 --compile=False --profile=True  (a torch.profiler trace in profile_dir)
+$ python bench.py --dataset=openwebtext  (real batches, as train.py draws them)
+
+mode='generate': tokens/s of GPT.generate with and without the KV cache, greedy.
+$ python bench.py --mode=generate  (16-token prompt, 128 new tokens)
+$ python bench.py --mode=generate --n_layer=6 --n_head=6 --n_embd=384 --block_size=256 --vocab_size=65 \
+      --prompt_len=1 --max_new_tokens=300  (shakespeare-char's shape)
 """
 
+import os
 import statistics
 import time
 from types import SimpleNamespace
@@ -16,9 +24,10 @@ import torch
 from common import UserError, run_main, setup
 from configurator import config_from_globals, load_config
 from model import GPT, GPTConfig
+from train import TRAIN_BATCH, data_files, get_batch
 
 # -----------------------------------------------------------------------------
-mode = 'generate'  # 'generate': generation speed with and without the KV cache
+mode = 'train'  # 'train': the training step; 'generate': generation with and without the KV cache
 # the model's shape; the defaults are GPT-2 (124M)
 n_layer = 12
 n_head = 12
@@ -26,21 +35,92 @@ n_embd = 768
 block_size = 1024
 vocab_size = 50304
 bias = True
+# training
+batch_size = 12  # sequences per step
+dataset = ''  # '': synthetic batches; else batches from data/<dataset>, as train.py draws them
+warmup_steps = 10  # untimed steps first: compilation, the allocator and kernel choice happen in these
+num_steps = 20  # timed steps
+compile = None  # torch.compile the model; None: on for CUDA only
+profile = False  # also record a few steps with torch.profiler
+profile_dir = 'bench_profile'  # where the profiler's trace goes
 # generation
-batch_size = 1  # sequences generated together
+num_samples = 1  # sequences generated together
 prompt_len = 16  # tokens in each (random) prompt
 max_new_tokens = 128
 repeats = 3  # timed runs of each path, interleaved so that both see the same machine load; medians are reported
+# system
 seed = 1337
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = 'float32'  # 'float32', 'bfloat16' or 'float16' ('auto': bfloat16 where supported)
+dtype = 'auto'  # 'auto' (bfloat16 where supported, else float16 on CUDA; float32 elsewhere), 'float32', ...
 # -----------------------------------------------------------------------------
 DEFAULTS = config_from_globals(globals())
+TYPES = {'compile': bool}
 
 
 def synchronize(device_type):
     if device_type == 'cuda':
         torch.cuda.synchronize()
+
+
+def bench_train(cfg):
+    """Time the training step alone (forward, backward, clip, AdamW) on synthetic or real batches."""
+    rt = setup(cfg.device, cfg.dtype)
+    torch.manual_seed(cfg.seed)
+    config = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                       vocab_size=cfg.vocab_size, bias=cfg.bias, dropout=0.0)
+    model = GPT(config).to(rt.device)
+    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), rt.device_type)
+    scaler = torch.amp.GradScaler(rt.device_type, enabled=(rt.dtype == 'float16'))
+    raw_model = model
+    compile_on = cfg.compile if cfg.compile is not None else rt.device_type == 'cuda'
+    if compile_on:
+        print("compiling the model...")
+        model = torch.compile(model)
+    files = data_files(os.path.join('data', cfg.dataset), 'train') if cfg.dataset else None
+
+    def batch(k):
+        if files:
+            return get_batch(files, cfg.batch_size, cfg.block_size, cfg.seed, TRAIN_BATCH, k, 0, device=rt.device)
+        x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size + 1), device=rt.device)
+        return x[:, :-1], x[:, 1:]
+
+    print(f"train: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {cfg.block_size}, vocab "
+          f"{cfg.vocab_size}, {raw_model.get_num_params() / 1e6:.1f}M params; batch {cfg.batch_size}, "
+          f"{'data/' + cfg.dataset if files else 'synthetic data'}; {rt.dtype} on {rt.device}, "
+          f"compile {compile_on}")
+
+    def steps(n, first):
+        X, Y = batch(first)
+        for k in range(first, first + n):
+            with rt.autocast:
+                _, loss = model(X, Y)
+            X, Y = batch(k + 1)  # the next batch is prepared while the device works, as in train.py
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        return loss.item()  # waits for the device
+
+    steps(cfg.warmup_steps, 0)  # compilation, allocator and kernel choice happen here
+    if cfg.profile:
+        with torch.profiler.profile(with_stack=False, record_shapes=True) as prof:
+            steps(min(cfg.num_steps, 5), cfg.warmup_steps)
+        os.makedirs(cfg.profile_dir, exist_ok=True)
+        trace = os.path.join(cfg.profile_dir, 'bench_trace.json')
+        prof.export_chrome_trace(trace)
+        print(prof.key_averages().table(sort_by='self_cpu_time_total' if rt.device_type == 'cpu' else
+                                        'self_device_time_total', row_limit=15))
+        print(f"profiler trace written to {trace} (open it in chrome://tracing or https://ui.perfetto.dev)")
+    t0 = time.perf_counter()
+    loss = steps(cfg.num_steps, cfg.warmup_steps)
+    dt = (time.perf_counter() - t0) / cfg.num_steps
+    mfu = raw_model.estimate_mfu(cfg.batch_size, dt)
+    result = dict(ms_per_iter=dt * 1000, tokens_per_s=cfg.batch_size * cfg.block_size / dt, mfu=mfu, loss=loss)
+    mfu_text = f"{mfu * 100:.1f}%" if mfu is not None else 'n/a (unknown device peak)'
+    print(f"train: {result['ms_per_iter']:.1f} ms/iter, {result['tokens_per_s']:,.0f} tokens/s, MFU {mfu_text}")
+    return result
 
 
 def bench_generate(cfg):
@@ -50,9 +130,9 @@ def bench_generate(cfg):
     config = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                        vocab_size=cfg.vocab_size, bias=cfg.bias, dropout=0.0)
     model = GPT(config).eval().to(rt.device)
-    prompt = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.prompt_len), device=rt.device)
+    prompt = torch.randint(0, cfg.vocab_size, (cfg.num_samples, cfg.prompt_len), device=rt.device)
     print(f"generate: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {cfg.block_size}, "
-          f"vocab {cfg.vocab_size}; batch {cfg.batch_size}, prompt {cfg.prompt_len}, {cfg.max_new_tokens} new "
+          f"vocab {cfg.vocab_size}; batch {cfg.num_samples}, prompt {cfg.prompt_len}, {cfg.max_new_tokens} new "
           f"tokens, greedy, {rt.dtype} on {rt.device} ({torch.get_num_threads()} threads)")
 
     def run(use_kv_cache, max_new_tokens):
@@ -65,7 +145,7 @@ def bench_generate(cfg):
 
     run(True, 2)  # warm up: first calls allocate and pick kernels
     run(False, 2)
-    tokens = cfg.batch_size * cfg.max_new_tokens
+    tokens = cfg.num_samples * cfg.max_new_tokens
     cached, uncached, ratios, same = [], [], [], True
     for r in range(cfg.repeats):
         out_cached, dt_cached = run(True, cfg.max_new_tokens)
@@ -85,13 +165,15 @@ def bench_generate(cfg):
 
 def bench(cfg):
     cfg = SimpleNamespace(**cfg) if isinstance(cfg, dict) else cfg
+    if cfg.mode == 'train':
+        return bench_train(cfg)
     if cfg.mode == 'generate':
         return bench_generate(cfg)
-    raise UserError(f"unknown mode '{cfg.mode}'; use 'generate'")
+    raise UserError(f"unknown mode '{cfg.mode}'; use 'train' or 'generate'")
 
 
 def main(argv=None):
-    bench(load_config(DEFAULTS, argv))
+    bench(load_config(DEFAULTS, argv, TYPES))
 
 
 if __name__ == '__main__':

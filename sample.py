@@ -41,7 +41,10 @@ TYPES = {'top_k': int, 'top_p': float, 'stop': (str, int)}
 def load_model(cfg):
     """The model to sample from, and the checkpoint's training config (or {} for a pretrained model)."""
     if cfg.init_from == 'resume':
-        checkpoint = load_checkpoint(os.path.join(cfg.out_dir, 'ckpt.pt'))
+        # the best weights; a run stopped before its first saved eval has only its latest state
+        path = os.path.join(cfg.out_dir, 'ckpt.pt')
+        last = os.path.join(cfg.out_dir, 'ckpt_last.pt')
+        checkpoint = load_checkpoint(path if os.path.exists(path) or not os.path.exists(last) else last)
         model_args = {k: checkpoint['model_args'][k] for k in GPTConfig.__dataclass_fields__
                       if k in checkpoint['model_args'] and k != 'dropout'}
         model = GPT(GPTConfig(**model_args))

@@ -1,15 +1,36 @@
+import math
+
 import pytest
 
 import bench
 from common import UserError
 
+TINY_SHAPE = dict(device='cpu', n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64)
+
 
 def test_generate_benchmark_at_a_tiny_shape(capsys):
-    cfg = dict(bench.DEFAULTS, device='cpu', n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64,
-               prompt_len=4, max_new_tokens=40, repeats=1)  # runs past block_size
+    cfg = dict(bench.DEFAULTS, **TINY_SHAPE, mode='generate', prompt_len=4, max_new_tokens=40,
+               repeats=1)  # runs past block_size
     result = bench.bench(cfg)
     assert result['same_tokens'] and result['cached'] > 0 and result['uncached'] > 0
     assert 'with cache' in capsys.readouterr().out
+
+
+def test_train_benchmark_on_synthetic_data(capsys):
+    cfg = dict(bench.DEFAULTS, **TINY_SHAPE, batch_size=4, warmup_steps=2, num_steps=3, compile=False)
+    result = bench.bench(cfg)
+    assert result['ms_per_iter'] > 0 and result['tokens_per_s'] > 0 and 0 < result['mfu'] < 1
+    assert math.isfinite(result['loss'])
+    assert capsys.readouterr().out.splitlines()[-1].startswith('train: ')
+
+
+def test_train_benchmark_on_a_dataset_with_a_profile(char_data, monkeypatch, capsys):
+    monkeypatch.chdir(char_data)
+    cfg = dict(bench.DEFAULTS, **TINY_SHAPE, dataset='shakespeare_char', batch_size=4, warmup_steps=1, num_steps=2,
+               compile=False, profile=True, profile_dir='prof')
+    bench.bench(cfg)
+    assert (char_data / 'prof' / 'bench_trace.json').stat().st_size > 0
+    assert 'data/shakespeare_char' in capsys.readouterr().out
 
 
 def test_unknown_mode_is_a_user_error():
