@@ -27,8 +27,6 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-import hf
-import hellaswag
 from common import (SHARD_HEADER_BYTES, UserError, load_checkpoint, load_meta, print0, read_shard_header, run_main,
                     save_checkpoint, setup, teardown)
 from configurator import config_from_globals, load_config
@@ -174,6 +172,7 @@ def estimate_loss(model, paths, cfg, rt):
 
 def load_hellaswag(cfg, model, rt):
     """The HellaSwag examples to score at each eval: one process per node downloads them, then all read them."""
+    import hellaswag  # only runs that score it pay for its imports (the tokenizer)
     hellaswag.check_vocab(model)
     if rt.local_rank == 0:
         hellaswag.download_examples()
@@ -266,6 +265,7 @@ def _train(cfg, rt, stop):
     if rt.ddp and cfg.init_from in GPT2_SIZES:
         # one process per node downloads OpenAI's weights into the cache while the others wait
         if rt.local_rank == 0:
+            import hf
             hf.gpt2_safetensors(cfg.init_from)
         torch.distributed.barrier()
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
@@ -362,6 +362,7 @@ def _train(cfg, rt, stop):
             record = {'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'], 'lr': lr}
             if hellaswag_examples:
                 # the plain model: the examples' lengths vary, which a compiled model would recompile for
+                import hellaswag
                 scores = hellaswag.evaluate(raw_model, hellaswag_examples, rt.device, rt.autocast, rt.rank,
                                             rt.world_size)
                 line += f", hellaswag acc {scores['acc']:.4f}, acc_norm {scores['acc_norm']:.4f}"
