@@ -31,6 +31,9 @@ def run_main(main):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def print0(*args, **kwargs):
@@ -75,6 +78,9 @@ def pick_device(device='auto'):
         raise UserError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps") from None
     if device_type == 'cuda' and not torch.cuda.is_available():
         raise UserError(f"device '{device}' is not available on this machine; use --device=cpu")
+    if device_type == 'cuda' and (torch.device(device).index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device '{device}' does not exist: this machine has {torch.cuda.device_count()} GPU(s), "
+                        f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if device_type == 'mps' and not torch.backends.mps.is_available():
         raise UserError(f"device '{device}' is not available on this machine; use --device=cpu")
     if device_type not in ('cuda', 'mps', 'cpu'):
@@ -175,6 +181,27 @@ def load_checkpoint(path, map_location='cpu'):
     return checkpoint
 
 
+MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')  # the checkpoint's model_args
+
+
+def model_from_checkpoint(checkpoint, path, dropout=0.0):
+    """The GPT a checkpoint (from load_checkpoint) holds; a checkpoint that does not fit is a UserError."""
+    from model import GPT, GPTConfig
+    missing = [k for k in MODEL_ARGS if k not in checkpoint['model_args']]
+    if missing:
+        raise UserError(f"checkpoint '{path}' has no {', '.join(missing)} in its model_args; it was not written "
+                        f"by train.py")
+    model = GPT(GPTConfig(**{k: checkpoint['model_args'][k] for k in MODEL_ARGS}, dropout=dropout))
+    # old nanoGPT checkpoints carry the fallback attention's causal mask as 'attn.bias'; it is not a weight
+    state_dict = {k: v for k, v in checkpoint['model'].items() if not k.endswith('.attn.bias')}
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint '{path}' does not match its own model_args "
+                        f"({str(e).splitlines()[0]}); use another checkpoint") from None
+    return model
+
+
 # -----------------------------------------------------------------------------
 # meta.pkl: the character vocabulary of a char-level dataset
 
@@ -199,6 +226,16 @@ def load_meta(path):
 
 # -----------------------------------------------------------------------------
 # downloads
+
+def gpt2_encoding():
+    """GPT-2's BPE from tiktoken, which downloads its files once; offline without them is a UserError."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding('gpt2')
+    except Exception as e:  # requests' errors, without importing requests here
+        raise UserError(f"could not load GPT-2's BPE files ({type(e).__name__}); tiktoken downloads them once, "
+                        f"or set TIKTOKEN_CACHE_DIR to a folder that holds them") from None
+
 
 def read_or_download_text(path, url, name):
     """The text in path, downloaded from url first if it is not there; a failed download says where to put it."""

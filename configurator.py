@@ -104,9 +104,9 @@ def parse_config(defaults, argv, types=None):
 
 
 def config_from_globals(namespace):
-    """The settings block of a script: its top-level names holding plain values."""
+    """The settings block of a script: its top-level lowercase names holding plain values (not CONSTANTS)."""
     return {k: v for k, v in namespace.items()
-            if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))}
+            if k.islower() and not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))}
 
 
 def load_config(defaults, argv=None, types=None):

@@ -12,9 +12,8 @@ import os
 from types import SimpleNamespace
 
 import hf
-from common import PTDTYPES, UserError, load_checkpoint, run_main
+from common import PTDTYPES, UserError, load_checkpoint, model_from_checkpoint, run_main
 from configurator import config_from_globals, load_config
-from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the run to export
@@ -31,17 +30,10 @@ def export(cfg):
     cfg = SimpleNamespace(**cfg) if isinstance(cfg, dict) else cfg
     if cfg.dtype not in PTDTYPES:
         raise UserError(f"unknown dtype '{cfg.dtype}'; use float32, bfloat16 or float16")
-    ckpt = load_checkpoint(os.path.join(cfg.out_dir, cfg.checkpoint))
-    model_args = {k: ckpt['model_args'][k] for k in GPTConfig.__dataclass_fields__
-                  if k in ckpt['model_args'] and k != 'dropout'}
+    path = os.path.join(cfg.out_dir, cfg.checkpoint)
+    ckpt = load_checkpoint(path)
     # the training dropout goes into config.json, for finetuning with transformers
-    model = GPT(GPTConfig(**model_args, dropout=ckpt.get('config', {}).get('dropout', 0.0)))
-    state_dict = {k: v for k, v in ckpt['model'].items() if not k.endswith('.attn.bias')}
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as e:
-        raise UserError(f"checkpoint '{os.path.join(cfg.out_dir, cfg.checkpoint)}' does not match its own "
-                        f"model_args ({str(e).splitlines()[0]})") from None
+    model = model_from_checkpoint(ckpt, path, dropout=ckpt.get('config', {}).get('dropout', 0.0))
     hf_dir = cfg.hf_dir or cfg.out_dir.rstrip('/\\') + '-hf'
     hf.save_pretrained(model, hf_dir, PTDTYPES[cfg.dtype])
     n_params = model.get_num_params(non_embedding=False)

@@ -18,12 +18,11 @@ import os
 from contextlib import nullcontext
 from types import SimpleNamespace
 
-import tiktoken
 import torch
 from torch.nn import functional as F
 
 import sample
-from common import UserError, download, print0, run_main, setup
+from common import UserError, download, gpt2_encoding, print0, run_main, setup
 from configurator import config_from_globals, load_config
 
 # -----------------------------------------------------------------------------
@@ -67,7 +66,7 @@ def load_examples(path=DATA_PATH, limit=None):
 
 
 def gpt2_encode(text):
-    return tiktoken.get_encoding('gpt2').encode_ordinary(text)
+    return gpt2_encoding().encode_ordinary(text)
 
 
 def render_example(example, encode, block_size):

@@ -156,6 +156,7 @@ GPU_PEAK_FLOPS = {
     'H100': 989e12,
     'A100': 312e12,
     'L40S': 362e12,
+    'L40': 181e12,
     'L4': 121e12,
     'A10': 125e12,
     'V100': 125e12,
@@ -367,7 +368,8 @@ class GPT(nn.Module):
                 logits, _ = self(idx[:, -block_size:], kv_caches=caches)
             else:
                 logits, _ = self(idx[:, -1:], kv_caches=caches)
-            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            # in float32: bfloat16 logits under autocast would round near-ties together
+            idx_next = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
             if stop_token is not None:
                 idx_next = idx_next.masked_fill(stopped[:, None], stop_token)
                 stopped |= idx_next[:, 0] == stop_token

@@ -12,12 +12,11 @@ The samples are generated as one batch; the first is printed as its tokens arriv
 import os
 from types import SimpleNamespace
 
-import tiktoken
 import torch
 
-from common import UserError, load_checkpoint, load_meta, run_main, setup
-from configurator import config_from_globals, load_config
-from model import GPT, GPT2_SIZES, GPTConfig
+from common import UserError, gpt2_encoding, load_checkpoint, load_meta, model_from_checkpoint, run_main, setup
+from configurator import ConfigError, config_from_globals, load_config
+from model import GPT, GPT2_SIZES
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), 'gpt2'..'gpt2-xl', or a Hugging Face GPT-2 folder
@@ -32,7 +31,7 @@ stop = None  # end each sample at this token: its text, e.g. '<|endoftext|>' or 
 seed = 1337
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where supported, else float16 on CUDA; float32 elsewhere), 'float32', ...
-compile = False  # use PyTorch 2.0 to compile the model to be faster
+compile = False  # accepted for nanoGPT's command lines; generation runs eagerly (its shapes change every step)
 # -----------------------------------------------------------------------------
 DEFAULTS = config_from_globals(globals())
 TYPES = {'top_k': int, 'top_p': float, 'stop': (str, int)}
@@ -44,12 +43,9 @@ def load_model(cfg):
         # the best weights; a run stopped before its first saved eval has only its latest state
         path = os.path.join(cfg.out_dir, 'ckpt.pt')
         last = os.path.join(cfg.out_dir, 'ckpt_last.pt')
-        checkpoint = load_checkpoint(path if os.path.exists(path) or not os.path.exists(last) else last)
-        model_args = {k: checkpoint['model_args'][k] for k in GPTConfig.__dataclass_fields__
-                      if k in checkpoint['model_args'] and k != 'dropout'}
-        model = GPT(GPTConfig(**model_args))
-        state_dict = {k: v for k, v in checkpoint['model'].items() if not k.endswith('.attn.bias')}
-        model.load_state_dict(state_dict)
+        path = path if os.path.exists(path) or not os.path.exists(last) else last
+        checkpoint = load_checkpoint(path)
+        model = model_from_checkpoint(checkpoint, path)
         return model, checkpoint.get('config', {})
     if cfg.init_from in GPT2_SIZES or os.path.isdir(cfg.init_from):
         return GPT.from_pretrained(cfg.init_from), {}  # no dataset, so decoded with GPT-2's BPE
@@ -72,7 +68,7 @@ def get_codec(train_config):
                                 f"{''.join(unknown)!r}; remove them")
             return [stoi[c] for c in s]
         return encode, lambda ids: ''.join(itos[i] for i in ids)
-    enc = tiktoken.get_encoding('gpt2')
+    enc = gpt2_encoding()
     return lambda s: enc.encode(s, allowed_special={'<|endoftext|>'}), enc.decode
 
 
@@ -121,14 +117,20 @@ def sample(cfg):
     """
     cfg = SimpleNamespace(**cfg) if isinstance(cfg, dict) else cfg
     if cfg.num_samples < 1:
-        raise UserError(f"num_samples={cfg.num_samples}; draw at least one sample")
+        raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
+    if cfg.top_k is not None and cfg.top_k < 1:
+        raise ConfigError(f"top_k={cfg.top_k} must be at least 1, or None for no limit")
+    if cfg.top_p is not None and not 0.0 < cfg.top_p <= 1.0:
+        raise ConfigError(f"top_p={cfg.top_p} must be in (0, 1], or None")
+    if cfg.temperature < 0:
+        raise ConfigError(f"temperature={cfg.temperature} must be 0 (greedy) or more")
     rt = setup(cfg.device, cfg.dtype)
     torch.manual_seed(cfg.seed)
     model, train_config = load_model(cfg)
     model.eval()
     model.to(rt.device)
     if cfg.compile:
-        model = torch.compile(model)
+        print("compile=True has no effect here: generation's shapes change at every step")
 
     encode, decode = get_codec(train_config)
     start_ids = encode(read_prompt(cfg.start))

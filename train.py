@@ -27,9 +27,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from common import (SHARD_HEADER_BYTES, UserError, load_checkpoint, load_meta, print0, read_shard_header, run_main,
-                    save_checkpoint, setup, teardown)
-from configurator import config_from_globals, load_config
+from common import (MODEL_ARGS, SHARD_HEADER_BYTES, UserError, load_checkpoint, load_meta, model_from_checkpoint,
+                    print0, read_shard_header, run_main, save_checkpoint, setup, teardown)
+from configurator import ConfigError, config_from_globals, load_config
 from model import GPT, GPT2_SIZES, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -84,7 +84,6 @@ TYPES = {'compile': bool, 'hellaswag_examples': int}
 # the three uses of the seed, so that each draws from its own stream
 TRAIN_BATCH, EVAL_BATCH, DROPOUT = 0, 1, 2
 SPLITS = {'train': 0, 'val': 1}
-MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')
 
 
 def get_lr(it, cfg):
@@ -138,11 +137,11 @@ def get_batch(files, batch_size, block_size, *key, device='cpu'):
     data = {f: np.memmap(files[f][0], dtype=np.uint16, mode='r', offset=files[f][1], shape=(files[f][2],))
             for f in set(which.tolist())}
     xy = torch.from_numpy(np.stack([data[f][i:i + block_size + 1] for f, i in zip(which, ix)]).astype(np.int64))
-    x, y = xy[:, :-1], xy[:, 1:]
+    x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
     if torch.device(device).type == 'cuda':
         # pinned host memory lets the copy to the GPU run asynchronously, overlapping compute
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.contiguous().to(device), y.contiguous().to(device)
+    return x.to(device), y.to(device)
 
 
 def seed_dropout(seed, it, micro_step):
@@ -193,14 +192,10 @@ def init_model(cfg, meta_vocab_size, out_dir):
         model_args['vocab_size'] = meta_vocab_size or 50304
         return GPT(GPTConfig(**model_args, dropout=cfg.dropout)), None
     if cfg.init_from == 'resume':
-        checkpoint = load_checkpoint(resume_path(out_dir))
+        path = resume_path(out_dir)
+        checkpoint = load_checkpoint(path)
         # the model's shape comes from the checkpoint; other settings may change on resume
-        model_args = {k: checkpoint['model_args'][k] for k in MODEL_ARGS}
-        model = GPT(GPTConfig(**model_args, dropout=cfg.dropout))
-        # old nanoGPT checkpoints carry the fallback attention's causal mask as 'attn.bias'; it is not a weight
-        state_dict = {k: v for k, v in checkpoint['model'].items() if not k.endswith('.attn.bias')}
-        model.load_state_dict(state_dict)
-        return model, checkpoint
+        return model_from_checkpoint(checkpoint, path, dropout=cfg.dropout), checkpoint
     if cfg.init_from in GPT2_SIZES or os.path.isdir(cfg.init_from):
         print0(f"initializing from pretrained weights: {cfg.init_from}")
         # the shape, vocabulary and biases are the pretrained model's; the checkpoint's model_args record them
@@ -216,10 +211,14 @@ def resume_path(out_dir):
 
 
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the training loop checks between iterations."""
+    """
+    SIGINT/SIGTERM while armed (during training) become a flag the loop checks between iterations, so the run
+    can save its state and exit cleanly; a second signal, or one before arming (startup), stops at once.
+    """
 
     def __init__(self):
         self.requested = False
+        self.armed = False
         self.previous = {}
 
     def __enter__(self):
@@ -228,16 +227,34 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame):
+        if self.requested or not self.armed:
+            signal.signal(signum, self.previous[signum])
+            raise KeyboardInterrupt
         self.requested = True
+        print0("stopping after this iteration and saving a checkpoint (signal again to quit at once)")
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
 
+def check_settings(cfg):
+    """Values that pass the type check but cannot work; a ConfigError names the setting."""
+    positive = ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
+                'log_interval', 'n_layer', 'n_head', 'n_embd')
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}={getattr(cfg, key)} must be at least 1")
+    if cfg.n_embd % cfg.n_head:
+        raise ConfigError(f"n_embd={cfg.n_embd} must be a multiple of n_head={cfg.n_head}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"dropout={cfg.dropout} must be in [0, 1)")
+
+
 def train(cfg):
     """Run training with the settings in cfg (a dict or namespace). Returns the final state as a dict."""
     cfg = SimpleNamespace(**vars(cfg)) if isinstance(cfg, SimpleNamespace) else SimpleNamespace(**cfg)
+    check_settings(cfg)
     world_size = int(os.environ.get('WORLD_SIZE', 1))
     if cfg.gradient_accumulation_steps % world_size:
         raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide among "
@@ -271,7 +288,13 @@ def _train(cfg, rt, stop):
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
     model, checkpoint = init_model(cfg, meta_vocab_size, cfg.out_dir)
     if cfg.block_size < model.config.block_size:
+        if checkpoint is not None:  # its optimizer state has the old position embeddings' shape
+            raise UserError(f"block_size={cfg.block_size} is smaller than the resumed run's "
+                            f"{model.config.block_size}; resume with --block_size={model.config.block_size}")
         model.crop_block_size(cfg.block_size)
+    if meta_vocab_size and meta_vocab_size > model.config.vocab_size:
+        raise UserError(f"data/{cfg.dataset} has {meta_vocab_size} tokens in its vocabulary, more than the model's "
+                        f"{model.config.vocab_size}; train on the dataset the model was made for")
     cfg.block_size = model.config.block_size
     model.to(rt.device)
     model_args = {k: getattr(model.config, k) for k in MODEL_ARGS}
@@ -283,8 +306,12 @@ def _train(cfg, rt, stop):
                                            rt.device_type)
     iter_num, best_val_loss = 0, float('inf')
     if checkpoint is not None:
+        # the moments and step counts come from the checkpoint; weight decay, betas and the kernel from now
+        settings = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
         optimizer.load_state_dict(checkpoint['optimizer'])
-        if 'scaler' in checkpoint:
+        for group, setting in zip(optimizer.param_groups, settings):
+            group.update(setting)
+        if checkpoint.get('scaler') and scaler.is_enabled():  # empty when the run was not in float16
             scaler.load_state_dict(checkpoint['scaler'])
         iter_num = int(checkpoint['iter_num'])
         best_val_loss = float(checkpoint['best_val_loss'])
@@ -305,7 +332,9 @@ def _train(cfg, rt, stop):
         except ImportError:
             raise UserError("wandb_log=True needs wandb: pip install wandb") from None
         wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
-    log_file = open(os.path.join(cfg.out_dir, 'log.jsonl'), 'a') if rt.master else None
+    # a resumed run adds to its log; a new one starts it afresh
+    log_mode = 'a' if cfg.init_from == 'resume' else 'w'
+    log_file = open(os.path.join(cfg.out_dir, 'log.jsonl'), log_mode) if rt.master else None
 
     def log(record):
         if log_file:
@@ -349,6 +378,7 @@ def _train(cfg, rt, stop):
                      rt.rank * accum_steps, device=rt.device)
     start_iter, t_start = iter_num, time.time()
     t0 = time.time()
+    stop.armed = not cfg.eval_only
     while True:
         lr = get_lr(iter_num, cfg)
         for param_group in optimizer.param_groups:
@@ -420,7 +450,8 @@ def _train(cfg, rt, stop):
                   f"tok/s {tokens_per_iter / dt:,.0f}, mfu {mfu_text}, eta {eta / 60:.1f}min")
             log({'iter': iter_num, 'loss': lossf, 'lr': lr, 'ms': dt * 1000, 'tok_s': tokens_per_iter / dt,
                  'mfu': mfu})
-        if rt.ddp or stop.requested or iter_num % cfg.log_interval == 0:
+        # under DDP every process must check at the same iterations, since the check is a collective
+        if iter_num % cfg.log_interval == 0 or (stop.requested and not rt.ddp):
             if check_finite():
                 print0(f"stop requested at iteration {iter_num}")
                 save('ckpt.pt' if cfg.always_save_checkpoint else 'ckpt_last.pt')

@@ -112,7 +112,8 @@ def test_config_file_syntax_error(tmp_path):
 
 
 def test_config_from_globals_takes_plain_values_only():
-    namespace = {'a': 1, 'b': 'x', 'c': None, 'd': 1.5, 'e': True, '_private': 1, 'f': [1], 'g': print}
+    namespace = {'a': 1, 'b': 'x', 'c': None, 'd': 1.5, 'e': True, '_private': 1, 'f': [1], 'g': print,
+                 'HEADER_BYTES': 1024}
     assert config_from_globals(namespace) == {'a': 1, 'b': 'x', 'c': None, 'd': 1.5, 'e': True}
 
 

@@ -190,3 +190,24 @@ def test_compile_on_cpu_trains_and_saves_plain_names(char_data):
     assert ckpt['iter_num'] == 3
     with open(os.path.join(str(char_data / 'out' / 'ckpt.pt')), 'rb') as f:
         assert b'_orig_mod.' not in f.read()
+
+
+def test_resume_takes_new_optimizer_settings_and_rejects_a_smaller_block_size(char_data, monkeypatch):
+    monkeypatch.chdir(char_data)
+    train.train(tiny_cfg(char_data, max_iters=2))
+    # the checkpoint's moments carry on, but weight decay and betas are the resumed run's
+    train.train(tiny_cfg(char_data, max_iters=3, init_from='resume', weight_decay=0.5, beta2=0.9))
+    groups = load_checkpoint(str(char_data / 'out' / 'ckpt.pt'))['optimizer']['param_groups']
+    assert groups[0]['weight_decay'] == 0.5 and groups[1]['weight_decay'] == 0.0
+    assert all(g['betas'] == (0.9, 0.9) for g in groups)
+    with pytest.raises(UserError, match='block_size=16 is smaller than the resumed run'):
+        train.train(tiny_cfg(char_data, max_iters=4, init_from='resume', block_size=16))
+
+
+def test_resume_in_float16_from_a_float32_run(char_data, monkeypatch):
+    """A float32 checkpoint has no loss-scaler state; a float16 resume starts a fresh scaler."""
+    monkeypatch.chdir(char_data)
+    train.train(tiny_cfg(char_data, max_iters=2, dropout=0.0))
+    result = train.train(tiny_cfg(char_data, max_iters=3, dropout=0.0, init_from='resume', dtype='float16'))
+    assert result['iter_num'] == 3
+    assert load_checkpoint(str(char_data / 'out' / 'ckpt.pt'))['scaler']['scale'] > 0

@@ -142,3 +142,22 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     torch.save({'model': {}, 'model_args': {}, 'x': Evil()}, tmp_path / 'ckpt.pt')
     with pytest.raises(UserError, match='holds objects other than tensors and plain data'):
         load_checkpoint(str(tmp_path / 'ckpt.pt'))
+
+
+@pytest.mark.parametrize('args, fragment', [
+    (['--n_head=3'], 'n_embd=32 must be a multiple of n_head=3'),
+    (['--eval_interval=0'], 'eval_interval=0 must be at least 1'),
+    (['--eval_iters=0'], 'eval_iters=0 must be at least 1'),
+    (['--dropout=1.0'], 'dropout=1.0 must be in [0, 1)'),
+])
+def test_impossible_settings_exit_2(char_data, args, fragment):
+    assert_one_line_error(run_script('train.py', *TINY, *args, cwd=char_data), fragment, status=2)
+
+
+@pytest.mark.parametrize('args, fragment', [
+    (['--top_k=0'], 'top_k=0 must be at least 1'),
+    (['--top_p=1.5'], 'top_p=1.5 must be in (0, 1]'),
+    (['--temperature=-1'], 'temperature=-1.0 must be 0 (greedy) or more'),
+])
+def test_impossible_sample_settings_exit_2(tmp_path, args, fragment):
+    assert_one_line_error(run_script('sample.py', *args, cwd=tmp_path), fragment, status=2)

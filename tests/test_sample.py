@@ -7,7 +7,7 @@ import torch
 
 import sample
 from common import UserError, load_meta, save_checkpoint
-from configurator import parse_config
+from configurator import ConfigError, parse_config
 from conftest import needs_tiktoken_cache
 from model import GPT, GPTConfig
 
@@ -125,5 +125,5 @@ def test_print_new_text_holds_back_an_unfinished_character(capsys):
 
 
 def test_no_samples_is_a_user_error():
-    with pytest.raises(UserError, match='num_samples=0'):
+    with pytest.raises(ConfigError, match='num_samples=0'):
         sample.sample(sample_cfg(num_samples=0))

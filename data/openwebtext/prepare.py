@@ -20,10 +20,9 @@ import time
 from multiprocessing import Pool
 
 import numpy as np
-import tiktoken
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-from common import UserError, run_main  # noqa: E402
+from common import UserError, gpt2_encoding, run_main  # noqa: E402
 
 VAL_FRACTION = 0.0005
 SPLIT_SEED = 2357
@@ -43,7 +42,7 @@ def split_indices(num_docs, val_fraction=VAL_FRACTION, seed=SPLIT_SEED):
 
 def encode_documents(texts):
     """The GPT-2 BPE tokens of some documents, each followed by end-of-text, as one uint16 array."""
-    enc = tiktoken.get_encoding('gpt2')  # loaded once per process, then cached by tiktoken
+    enc = gpt2_encoding()  # loaded once per process, then cached by tiktoken
     ids = []
     for text in texts:
         ids.extend(enc.encode_ordinary(text))

@@ -9,11 +9,9 @@ import os
 import sys
 
 import numpy as np
-import requests
-import tiktoken
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-from common import UserError, read_or_download_text, run_main  # noqa: E402
+from common import gpt2_encoding, read_or_download_text, run_main  # noqa: E402
 
 DATA_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 
@@ -22,11 +20,7 @@ def prepare(data_dir, url=DATA_URL):
     data = read_or_download_text(os.path.join(data_dir, 'input.txt'), url, 'Tiny Shakespeare')
     print(f"length of dataset in characters: {len(data):,}")
 
-    try:
-        enc = tiktoken.get_encoding('gpt2')
-    except requests.RequestException as e:
-        raise UserError(f"could not fetch GPT-2's BPE files ({type(e).__name__}); tiktoken downloads them once, "
-                        f"or set TIKTOKEN_CACHE_DIR to a folder that holds them") from None
+    enc = gpt2_encoding()
     # split by characters, then encode each part: ordinary, so a literal '<|endoftext|>' is plain text
     n = len(data)
     train_ids = np.array(enc.encode_ordinary(data[:int(n * 0.9)]), dtype=np.uint16)
