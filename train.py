@@ -459,6 +459,9 @@ def _train(cfg, rt, stop):
 
     if log_file:
         log_file.close()
+    if rt.ddp:
+        # wait for rank 0's last checkpoint: a process that leaves the group early can abort the others' gloo
+        torch.distributed.barrier()
     return {'iter_num': iter_num, 'best_val_loss': best_val_loss, 'model': raw_model}
 
 
