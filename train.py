@@ -420,7 +420,8 @@ def _train(cfg, rt, stop):
             if rt.ddp:
                 # synchronise gradients on the last micro-step only; the others just accumulate
                 model.require_backward_grad_sync = micro_step == accum_steps - 1
-            seed_dropout(cfg.seed, iter_num, global_micro_step)
+            if cfg.dropout > 0:  # the only randomness in a step
+                seed_dropout(cfg.seed, iter_num, global_micro_step)
             with rt.autocast:
                 _, loss = model(X, Y)
                 loss = loss / accum_steps  # scale the loss to account for gradient accumulation
