@@ -1,10 +1,13 @@
-"""Every mistake a user can make ends with one clear line on stderr, a non-zero exit status and no traceback."""
+"""
+Every mistake a user can make ends with one clear line on stderr, a non-zero exit status and no traceback.
+Most run the script's main in this process (run_in_process); a few run real command lines (run_script).
+"""
 import os
 import pickle
 
 import pytest
 
-from conftest import TINY, run_script
+from conftest import TINY, run_in_process, run_script
 
 
 def assert_one_line_error(result, *fragments, status=None):
@@ -35,7 +38,7 @@ def trained(char_data):
     (['--compile'], ['has no value']),
 ])
 def test_config_mistakes_exit_2(tmp_path, args, fragments):
-    assert_one_line_error(run_script('train.py', *args, cwd=tmp_path), *fragments, status=2)
+    assert_one_line_error(run_in_process('train.py', *args, cwd=tmp_path), *fragments, status=2)
 
 
 def test_config_file_typo(tmp_path):
@@ -45,7 +48,7 @@ def test_config_file_typo(tmp_path):
 
 
 def test_sample_config_mistake(tmp_path):
-    r = run_script('sample.py', '--temprature=0.5', cwd=tmp_path)
+    r = run_in_process('sample.py', '--temprature=0.5', cwd=tmp_path)
     assert_one_line_error(r, "unknown config key 'temprature'", "did you mean 'temperature'", status=2)
 
 
@@ -56,7 +59,7 @@ def test_missing_data_names_the_prepare_script(tmp_path):
 
 
 def test_unknown_device(char_data):
-    r = run_script('train.py', *TINY, '--device=tpu', cwd=char_data)
+    r = run_in_process('train.py', *TINY, '--device=tpu', cwd=char_data)
     assert_one_line_error(r, "unknown device 'tpu'")
 
 
@@ -66,17 +69,17 @@ def test_unavailable_cuda(char_data):
 
 
 def test_unknown_dtype(char_data):
-    r = run_script('train.py', *TINY, '--dtype=float8', cwd=char_data)
+    r = run_in_process('train.py', *TINY, '--dtype=float8', cwd=char_data)
     assert_one_line_error(r, "unknown dtype 'float8'")
 
 
 def test_resume_without_checkpoint(char_data):
-    r = run_script('train.py', *TINY, '--init_from=resume', '--out_dir=empty', cwd=char_data)
+    r = run_in_process('train.py', *TINY, '--init_from=resume', '--out_dir=empty', cwd=char_data)
     assert_one_line_error(r, "no checkpoint at 'empty/ckpt.pt'")
 
 
 def test_unknown_init_from(char_data):
-    r = run_script('train.py', *TINY, '--init_from=gtp2', cwd=char_data)
+    r = run_in_process('train.py', *TINY, '--init_from=gtp2', cwd=char_data)
     assert_one_line_error(r, "unknown init_from 'gtp2'")
 
 
@@ -86,7 +89,7 @@ def test_sample_damaged_or_missing_checkpoint(tmp_path, content):
     out.mkdir()
     if content is not None:
         (out / 'ckpt.pt').write_bytes(content)
-        r = run_script('sample.py', '--out_dir=out', '--device=cpu', cwd=tmp_path)
+        r = run_in_process('sample.py', '--out_dir=out', '--device=cpu', cwd=tmp_path)
         assert_one_line_error(r, "checkpoint 'out/ckpt.pt' is damaged or not a checkpoint")
     else:
         r = run_script('sample.py', '--out_dir=out', '--device=cpu', cwd=tmp_path)
@@ -151,7 +154,7 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     (['--dropout=1.0'], 'dropout=1.0 must be in [0, 1)'),
 ])
 def test_impossible_settings_exit_2(char_data, args, fragment):
-    assert_one_line_error(run_script('train.py', *TINY, *args, cwd=char_data), fragment, status=2)
+    assert_one_line_error(run_in_process('train.py', *TINY, *args, cwd=char_data), fragment, status=2)
 
 
 @pytest.mark.parametrize('args, fragment', [
@@ -160,4 +163,4 @@ def test_impossible_settings_exit_2(char_data, args, fragment):
     (['--temperature=-1'], 'temperature=-1.0 must be 0 (greedy) or more'),
 ])
 def test_impossible_sample_settings_exit_2(tmp_path, args, fragment):
-    assert_one_line_error(run_script('sample.py', *args, cwd=tmp_path), fragment, status=2)
+    assert_one_line_error(run_in_process('sample.py', *args, cwd=tmp_path), fragment, status=2)
