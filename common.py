@@ -129,6 +129,14 @@ def setup(device='auto', dtype='auto', backend='auto'):
     return Runtime(device, device_type, dtype, ctx, ddp, rank, local_rank, world_size)
 
 
+def local_rank0_first(rt, fn):
+    """Run fn (a download, say) on one process per node while the others wait; then all go on together."""
+    if rt.local_rank == 0:
+        fn()
+    if rt.ddp:
+        torch.distributed.barrier()
+
+
 def teardown(rt):
     if rt.ddp and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -27,8 +27,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from common import (MODEL_ARGS, SHARD_HEADER_BYTES, UserError, load_checkpoint, load_meta, model_from_checkpoint,
-                    print0, read_shard_header, run_main, save_checkpoint, setup, teardown)
+from common import (MODEL_ARGS, SHARD_HEADER_BYTES, UserError, load_checkpoint, load_meta, local_rank0_first,
+                    model_from_checkpoint, print0, read_shard_header, run_main, save_checkpoint, setup, teardown)
 from configurator import ConfigError, config_from_globals, load_config
 from model import GPT, GPT2_SIZES, GPTConfig
 
@@ -173,10 +173,7 @@ def load_hellaswag(cfg, model, rt):
     """The HellaSwag examples to score at each eval: one process per node downloads them, then all read them."""
     import hellaswag  # only runs that score it pay for its imports (the tokenizer)
     hellaswag.check_vocab(model)
-    if rt.local_rank == 0:
-        hellaswag.download_examples()
-    if rt.ddp:
-        torch.distributed.barrier()
+    local_rank0_first(rt, hellaswag.download_examples)
     return hellaswag.load_examples(limit=cfg.hellaswag_examples)
 
 
@@ -280,11 +277,8 @@ def _train(cfg, rt, stop):
     meta_vocab_size = load_meta(meta_path)['vocab_size'] if os.path.exists(meta_path) else None
 
     if rt.ddp and cfg.init_from in GPT2_SIZES:
-        # one process per node downloads OpenAI's weights into the cache while the others wait
-        if rt.local_rank == 0:
-            import hf
-            hf.gpt2_safetensors(cfg.init_from)
-        torch.distributed.barrier()
+        import hf  # one process per node downloads OpenAI's weights into the cache while the others wait
+        local_rank0_first(rt, lambda: hf.gpt2_safetensors(cfg.init_from))
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
     model, checkpoint = init_model(cfg, meta_vocab_size, cfg.out_dir)
     if cfg.block_size < model.config.block_size:
