@@ -1,7 +1,7 @@
 """
 Benchmarks at a chosen model shape, with random weights; the default shape is GPT-2 (124M).
 
-mode='train' (the default): the training step alone (forward, backward, clip, AdamW), on synthetic batches or
+mode='train' (the default): train.py's training step (forward, backward, clip, AdamW), on synthetic batches or
 a prepared dataset, reporting ms/iter, tokens/s and MFU against the device's peak (a table of GPUs' bf16
 peaks; on CPU a matmul peak measured at start).
 $ python bench.py
@@ -17,14 +17,14 @@ $ python bench.py --mode=generate --n_layer=6 --n_head=6 --n_embd=384 --block_si
 import os
 import statistics
 import time
-from types import SimpleNamespace
 
 import torch
 
 from common import UserError, run_main, setup
-from configurator import config_from_globals, load_config
-from model import GPT, GPTConfig
-from train import TRAIN_BATCH, data_files, get_batch
+from configurator import ConfigError, as_namespace, config_from_globals, load_config
+from data import TRAIN_BATCH, data_files, get_batch
+from model import GPT, PADDED_VOCAB_SIZE, GPTConfig
+from train import train_step, wrap_model
 
 # -----------------------------------------------------------------------------
 mode = 'train'  # 'train': the training step; 'generate': generation with and without the KV cache
@@ -33,10 +33,12 @@ n_layer = 12
 n_head = 12
 n_embd = 768
 block_size = 1024
-vocab_size = 50304
+vocab_size = PADDED_VOCAB_SIZE
 bias = True
 # training
-batch_size = 12  # sequences per step
+batch_size = 12  # sequences per micro-step
+gradient_accumulation_steps = 1  # micro-steps per step
+grad_clip = 1.0  # as train.py: clip gradients at this norm, or 0.0 for no clipping
 dataset = ''  # '': synthetic batches; else batches from data/<dataset>, as train.py draws them
 warmup_steps = 10  # untimed steps first: compilation, the allocator and kernel choice happen in these
 num_steps = 20  # timed steps
@@ -57,51 +59,59 @@ DEFAULTS = config_from_globals(globals())
 TYPES = {'compile': bool}
 
 
+def check_settings(cfg):
+    """Counts and shapes that cannot work; a ConfigError names the setting."""
+    positive = ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size', 'batch_size',
+                'gradient_accumulation_steps', 'num_steps', 'num_samples', 'prompt_len', 'max_new_tokens', 'repeats')
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}={getattr(cfg, key)} must be at least 1")
+    if cfg.warmup_steps < 0:
+        raise ConfigError(f"warmup_steps={cfg.warmup_steps} must be 0 or more")
+    if cfg.n_embd % cfg.n_head:
+        raise ConfigError(f"n_embd={cfg.n_embd} must be a multiple of n_head={cfg.n_head}")
+
+
 def synchronize(device_type):
     if device_type == 'cuda':
         torch.cuda.synchronize()
 
 
-def bench_train(cfg):
-    """Time the training step alone (forward, backward, clip, AdamW) on synthetic or real batches."""
-    rt = setup(cfg.device, cfg.dtype)
+def bench_model(cfg, rt):
+    """A model of the benchmark's shape with random weights, on the device."""
     torch.manual_seed(cfg.seed)
     config = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                        vocab_size=cfg.vocab_size, bias=cfg.bias, dropout=0.0)
-    model = GPT(config).to(rt.device)
-    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), rt.device_type)
+    return GPT(config).to(rt.device)
+
+
+def bench_train(cfg):
+    """Time train.py's training step on synthetic or real batches."""
+    rt = setup(cfg.device, cfg.dtype)
+    raw_model = bench_model(cfg, rt)
+    optimizer = raw_model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), rt.device_type)
     scaler = torch.amp.GradScaler(rt.device_type, enabled=(rt.dtype == 'float16'))
-    raw_model = model
-    compile_on = cfg.compile if cfg.compile is not None else rt.device_type == 'cuda'
-    if compile_on:
-        print("compiling the model...")
-        model = torch.compile(model)
+    model = wrap_model(raw_model, cfg.compile, rt)
     files = data_files(os.path.join('data', cfg.dataset), 'train') if cfg.dataset else None
 
-    def batch(k):
+    def batch(it, micro_step):
         if files:
-            return get_batch(files, cfg.batch_size, cfg.block_size, cfg.seed, TRAIN_BATCH, k, 0, device=rt.device)
+            return get_batch(files, cfg.batch_size, cfg.block_size, cfg.seed, TRAIN_BATCH, it, micro_step,
+                             device=rt.device)
         x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size + 1), device=rt.device)
         return x[:, :-1], x[:, 1:]
 
     print(f"train: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {cfg.block_size}, vocab "
-          f"{cfg.vocab_size}, {raw_model.get_num_params() / 1e6:.1f}M params; batch {cfg.batch_size}, "
-          f"{'data/' + cfg.dataset if files else 'synthetic data'}; {rt.dtype} on {rt.device}, "
-          f"compile {compile_on}")
+          f"{cfg.vocab_size}, {raw_model.get_num_params() / 1e6:.1f}M params; batch {cfg.batch_size} x "
+          f"{cfg.gradient_accumulation_steps}, {'data/' + cfg.dataset if files else 'synthetic data'}; "
+          f"{rt.dtype} on {rt.device}, compile {model is not raw_model}")
 
     def steps(n, first):
-        X, Y = batch(first)
-        for k in range(first, first + n):
-            with rt.autocast:
-                _, loss = model(X, Y)
-            X, Y = batch(k + 1)  # the next batch is prepared while the device works, as in train.py
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-        return loss.item()  # waits for the device
+        next_batch, loss = batch(first, 0), None
+        for it in range(first, first + n):
+            loss, _, next_batch = train_step(model, optimizer, scaler, next_batch, batch, it, rt,
+                                             cfg.gradient_accumulation_steps, cfg.grad_clip)
+        return None if loss is None else loss.item()  # waits for the device
 
     steps(cfg.warmup_steps, 0)  # compilation, allocator and kernel choice happen here
     if cfg.profile:
@@ -116,8 +126,9 @@ def bench_train(cfg):
     t0 = time.perf_counter()
     loss = steps(cfg.num_steps, cfg.warmup_steps)
     dt = (time.perf_counter() - t0) / cfg.num_steps
-    mfu = raw_model.estimate_mfu(cfg.batch_size, dt)
-    result = dict(ms_per_iter=dt * 1000, tokens_per_s=cfg.batch_size * cfg.block_size / dt, mfu=mfu, loss=loss)
+    mfu = raw_model.estimate_mfu(cfg.batch_size * cfg.gradient_accumulation_steps, dt)
+    tokens = cfg.batch_size * cfg.gradient_accumulation_steps * cfg.block_size
+    result = dict(ms_per_iter=dt * 1000, tokens_per_s=tokens / dt, mfu=mfu, loss=loss)
     mfu_text = f"{mfu * 100:.1f}%" if mfu is not None else 'n/a (unknown device peak)'
     print(f"train: {result['ms_per_iter']:.1f} ms/iter, {result['tokens_per_s']:,.0f} tokens/s, MFU {mfu_text}")
     return result
@@ -126,10 +137,7 @@ def bench_train(cfg):
 def bench_generate(cfg):
     """Time greedy generation with and without the KV cache; returns the medians and whether the tokens agree."""
     rt = setup(cfg.device, cfg.dtype)
-    torch.manual_seed(cfg.seed)
-    config = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                       vocab_size=cfg.vocab_size, bias=cfg.bias, dropout=0.0)
-    model = GPT(config).eval().to(rt.device)
+    model = bench_model(cfg, rt).eval()
     prompt = torch.randint(0, cfg.vocab_size, (cfg.num_samples, cfg.prompt_len), device=rt.device)
     print(f"generate: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {cfg.block_size}, "
           f"vocab {cfg.vocab_size}; batch {cfg.num_samples}, prompt {cfg.prompt_len}, {cfg.max_new_tokens} new "
@@ -164,7 +172,8 @@ def bench_generate(cfg):
 
 
 def bench(cfg):
-    cfg = SimpleNamespace(**cfg) if isinstance(cfg, dict) else cfg
+    cfg = as_namespace(cfg)
+    check_settings(cfg)
     if cfg.mode == 'train':
         return bench_train(cfg)
     if cfg.mode == 'generate':

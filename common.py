@@ -1,6 +1,6 @@
 """
-What every script shares: device, dtype and DDP setup, user-facing errors, checkpoints, meta.pkl, downloads,
-token shards.
+What every script shares: user-facing errors, device, dtype and DDP setup, checkpoints, downloads.
+The base of the project: it imports no module of it but configurator.
 """
 
 import hashlib
@@ -11,7 +11,6 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from configurator import ConfigError
@@ -153,6 +152,29 @@ def clean_state_dict(state_dict):
     return {k.removeprefix(COMPILE_PREFIX): v for k, v in state_dict.items()}
 
 
+# A run's folder holds ckpt.pt, its best weights (or, with always_save_checkpoint, its latest), and, when the
+# latest state is not the best, ckpt_last.pt beside it. Which file to read depends on what it is read for.
+BEST, LAST = 'ckpt.pt', 'ckpt_last.pt'
+
+
+def checkpoint_path(out_dir, purpose):
+    """
+    The checkpoint of the run in out_dir to read for purpose: 'resume' wants the newest state (ckpt_last.pt
+    when there is one), 'use' (sample, evaluate, export) wants the best weights (ckpt.pt, or ckpt_last.pt in a
+    run stopped before its first saved eval).
+    """
+    assert purpose in ('resume', 'use')
+    for name in ((LAST, BEST) if purpose == 'resume' else (BEST, LAST)):
+        if os.path.exists(os.path.join(out_dir, name)):
+            return os.path.join(out_dir, name)
+    return os.path.join(out_dir, BEST)  # neither: load_checkpoint says so
+
+
+def checkpoint_name(improved, always_save):
+    """The file a save writes: ckpt.pt for the best (or always-saved) weights, else ckpt_last.pt beside it."""
+    return BEST if improved or always_save else LAST
+
+
 def save_checkpoint(checkpoint, path):
     """Write atomically: to a temporary file, flushed to disk, then renamed over the old one."""
     tmp = f'{path}.tmp'
@@ -187,49 +209,6 @@ def load_checkpoint(path, map_location='cpu'):
         raise UserError(f"checkpoint '{path}' lacks {', '.join(missing)}; it was not written by train.py")
     checkpoint['model'] = clean_state_dict(checkpoint['model'])
     return checkpoint
-
-
-MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')  # the checkpoint's model_args
-
-
-def model_from_checkpoint(checkpoint, path, dropout=0.0):
-    """The GPT a checkpoint (from load_checkpoint) holds; a checkpoint that does not fit is a UserError."""
-    from model import GPT, GPTConfig
-    missing = [k for k in MODEL_ARGS if k not in checkpoint['model_args']]
-    if missing:
-        raise UserError(f"checkpoint '{path}' has no {', '.join(missing)} in its model_args; it was not written "
-                        f"by train.py")
-    model = GPT(GPTConfig(**{k: checkpoint['model_args'][k] for k in MODEL_ARGS}, dropout=dropout))
-    # old nanoGPT checkpoints carry the fallback attention's causal mask as 'attn.bias'; it is not a weight
-    state_dict = {k: v for k, v in checkpoint['model'].items() if not k.endswith('.attn.bias')}
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as e:
-        raise UserError(f"checkpoint '{path}' does not match its own model_args "
-                        f"({str(e).splitlines()[0]}); use another checkpoint") from None
-    return model
-
-
-# -----------------------------------------------------------------------------
-# meta.pkl: the character vocabulary of a char-level dataset
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Loads plain data only (dicts, lists, strings, numbers); any class or function is refused."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-
-def load_meta(path):
-    """Read meta.pkl (vocab_size, itos, stoi) without running code from it."""
-    try:
-        with open(path, 'rb') as f:
-            meta = _PlainUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise UserError(f"'{path}' is damaged or holds more than plain data ({e}); run prepare.py again") from None
-    if not isinstance(meta, dict) or not {'vocab_size', 'itos', 'stoi'} <= meta.keys():
-        raise UserError(f"'{path}' lacks vocab_size, itos or stoi; run prepare.py again")
-    return meta
 
 
 # -----------------------------------------------------------------------------
@@ -320,47 +299,3 @@ def _verify(path, url, sha256, size):
         if h.hexdigest() != sha256:
             os.remove(path)
             raise UserError(f"download of {url} is corrupt (sha256 mismatch); deleted it, run again")
-
-
-# -----------------------------------------------------------------------------
-# token shards: llm.c's headered .bin files (FineWeb), read by train.py and written by data/*/prepare.py
-
-SHARD_MAGIC = 20240520  # llm.c's magic number for GPT-2 token shards
-SHARD_VERSION = 1
-SHARD_HEADER_BYTES = 256 * 4  # 256 int32: magic, version, token count, then zeros
-
-
-def write_shard(path, tokens):
-    """Write uint16 token ids as a shard: the 1024-byte header, then the tokens."""
-    tokens = np.asarray(tokens)
-    assert tokens.ndim == 1 and (len(tokens) == 0 or 0 <= tokens.min() <= tokens.max() < 2 ** 16)
-    header = np.zeros(256, dtype=np.int32)
-    header[:3] = SHARD_MAGIC, SHARD_VERSION, len(tokens)
-    with open(path, 'wb') as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype(np.uint16).tobytes())
-
-
-def read_shard_header(path, fix='delete it and prepare the data again'):
-    """
-    The number of tokens in a shard, after checking its header against the file. A bad file is a UserError
-    that names it and ends with fix, what the user should do.
-    """
-    size = os.path.getsize(path)
-    with open(path, 'rb') as f:
-        head = f.read(SHARD_HEADER_BYTES)
-    header = np.frombuffer(head[:len(head) // 4 * 4], dtype=np.int32)
-    if len(header) < 3 or header[0] != SHARD_MAGIC:
-        raise UserError(f"'{path}' is not a token shard (no magic number {SHARD_MAGIC} in its header); {fix}")
-    if header[1] != SHARD_VERSION:
-        raise UserError(f"token shard '{path}' has version {header[1]}, expected {SHARD_VERSION}; {fix}")
-    n = int(header[2])
-    if size != SHARD_HEADER_BYTES + 2 * n:
-        raise UserError(f"token shard '{path}' is truncated or damaged: its header says {n:,} tokens "
-                        f"({SHARD_HEADER_BYTES + 2 * n:,} bytes) but the file has {size:,} bytes; {fix}")
-    return n
-
-
-def read_shard(path):
-    """A shard's tokens as a read-only uint16 memmap, after checking its header."""
-    return np.memmap(path, dtype=np.uint16, mode='r', offset=SHARD_HEADER_BYTES, shape=(read_shard_header(path),))

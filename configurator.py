@@ -15,6 +15,7 @@ import difflib
 import os
 import sys
 import types as types_module
+from types import SimpleNamespace
 
 
 class ConfigError(Exception):
@@ -110,9 +111,10 @@ def config_from_globals(namespace):
 
 
 def load_config(defaults, argv=None, types=None):
-    """parse_config for a script's main: a mistake prints one line and exits with status 2."""
-    try:
-        return parse_config(defaults, sys.argv[1:] if argv is None else argv, types)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    """parse_config of a script's command line (sys.argv by default), as a namespace: cfg.batch_size."""
+    return as_namespace(parse_config(defaults, sys.argv[1:] if argv is None else argv, types))
+
+
+def as_namespace(cfg):
+    """Settings given as a dict or a namespace, as a new namespace (the caller's object is never changed)."""
+    return SimpleNamespace(**(cfg if isinstance(cfg, dict) else vars(cfg)))

@@ -9,11 +9,11 @@ padded. The folder holds no tokenizer: a model trained on GPT-2's BPE pairs with
 """
 
 import os
-from types import SimpleNamespace
 
 import hf
-from common import PTDTYPES, UserError, load_checkpoint, model_from_checkpoint, run_main
-from configurator import config_from_globals, load_config
+from common import PTDTYPES, UserError, load_checkpoint, run_main
+from configurator import as_namespace, config_from_globals, load_config
+from model import GPT
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the run to export
@@ -27,13 +27,13 @@ TYPES = {'hf_dir': str}
 
 def export(cfg):
     """Write the checkpoint in cfg.out_dir as a Hugging Face folder; returns the folder's path."""
-    cfg = SimpleNamespace(**cfg) if isinstance(cfg, dict) else cfg
+    cfg = as_namespace(cfg)
     if cfg.dtype not in PTDTYPES:
         raise UserError(f"unknown dtype '{cfg.dtype}'; use float32, bfloat16 or float16")
     path = os.path.join(cfg.out_dir, cfg.checkpoint)
     ckpt = load_checkpoint(path)
     # the training dropout goes into config.json, for finetuning with transformers
-    model = model_from_checkpoint(ckpt, path, dropout=ckpt.get('config', {}).get('dropout', 0.0))
+    model = GPT.from_checkpoint(ckpt, path, dropout=ckpt.get('config', {}).get('dropout', 0.0))
     hf_dir = cfg.hf_dir or cfg.out_dir.rstrip('/\\') + '-hf'
     hf.save_pretrained(model, hf_dir, PTDTYPES[cfg.dtype])
     n_params = model.get_num_params(non_embedding=False)

@@ -16,14 +16,13 @@ train.py scores it at each eval with --eval_hellaswag=True.
 import json
 import os
 from contextlib import nullcontext
-from types import SimpleNamespace
 
 import torch
 from torch.nn import functional as F
 
-import sample
 from common import UserError, download, gpt2_encoding, print0, run_main, setup
 from configurator import config_from_globals, load_config
+from model import GPT2_VOCAB_SIZE, load_model
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (the checkpoint in out_dir), a GPT-2 name ('gpt2', ...) or a local HF GPT-2 folder
@@ -37,7 +36,6 @@ TYPES = {'max_examples': int}
 
 URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
 DATA_PATH = os.path.join('data', 'hellaswag', 'hellaswag_val.jsonl')  # like the datasets, under the working folder
-GPT2_VOCAB_SIZE = 50257
 
 
 def download_examples(path=DATA_PATH):
@@ -133,9 +131,9 @@ def check_vocab(model):
 
 
 def main(argv=None):
-    cfg = SimpleNamespace(**load_config(DEFAULTS, argv, TYPES))
+    cfg = load_config(DEFAULTS, argv, TYPES)
     rt = setup(cfg.device, cfg.dtype)
-    model = sample.load_model(cfg)[0]  # a checkpoint, a GPT-2 name or a Hugging Face folder
+    model = load_model(cfg.init_from, cfg.out_dir)[0]  # a checkpoint, a GPT-2 name or a Hugging Face folder
     check_vocab(model)
     model.to(rt.device)
     examples = load_examples(limit=cfg.max_examples)

@@ -9,12 +9,15 @@ References:
 import functools
 import inspect
 import math
+import os
 import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from common import UserError, checkpoint_path, load_checkpoint
 
 
 class LayerNorm(nn.Module):
@@ -128,15 +131,22 @@ class Block(nn.Module):
         return x
 
 
+GPT2_VOCAB_SIZE = 50257  # GPT-2's BPE: 50,000 merges, 256 bytes and <|endoftext|>
+PADDED_VOCAB_SIZE = 50304  # GPT-2's, padded up to a multiple of 64 for faster matmuls
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024
-    vocab_size: int = 50304  # GPT-2's 50257, padded up to a multiple of 64 for faster matmuls
+    vocab_size: int = PADDED_VOCAB_SIZE
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
+
+
+MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')  # a checkpoint's model_args
 
 
 # OpenAI's four GPT-2 checkpoints (layers and widths as in the GPT-2 paper, Table 2); all have GPT-2's
@@ -284,7 +294,7 @@ class GPT(nn.Module):
         if set(override_args) - {'dropout'}:
             raise ValueError(f"only dropout can be overridden, not {sorted(set(override_args) - {'dropout'})}")
         if model_type in GPT2_SIZES:
-            config_args = dict(GPT2_SIZES[model_type], vocab_size=50257, block_size=1024, bias=True)
+            config_args = dict(GPT2_SIZES[model_type], vocab_size=GPT2_VOCAB_SIZE, block_size=1024, bias=True)
             weights = hf.read_safetensors(hf.gpt2_safetensors(model_type))
         else:
             config_args = hf.read_config(model_type)
@@ -292,6 +302,23 @@ class GPT(nn.Module):
         print(f"loading weights from pretrained gpt: {model_type}")
         model = cls(GPTConfig(**config_args, **override_args))
         hf.load_weights(model, weights, source=model_type)
+        return model
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint, path, dropout=0.0):
+        """The GPT a checkpoint (from common.load_checkpoint) holds; one that does not fit is a UserError."""
+        missing = [k for k in MODEL_ARGS if k not in checkpoint['model_args']]
+        if missing:
+            raise UserError(f"checkpoint '{path}' has no {', '.join(missing)} in its model_args; it was not "
+                            f"written by train.py")
+        model = cls(GPTConfig(**{k: checkpoint['model_args'][k] for k in MODEL_ARGS}, dropout=dropout))
+        # old nanoGPT checkpoints carry the fallback attention's causal mask as 'attn.bias'; it is not a weight
+        state_dict = {k: v for k, v in checkpoint['model'].items() if not k.endswith('.attn.bias')}
+        try:
+            model.load_state_dict(state_dict)
+        except RuntimeError as e:
+            raise UserError(f"checkpoint '{path}' does not match its own model_args "
+                            f"({str(e).splitlines()[0]}); use another checkpoint") from None
         return model
 
     def crop_block_size(self, block_size):
@@ -377,3 +404,19 @@ class GPT(nn.Module):
             yield idx_next
             if stop_token is not None and stopped.all():
                 return
+
+
+def load_model(init_from, out_dir, purpose='use', dropout=0.0):
+    """
+    A trained or pretrained GPT: the run in out_dir ('resume'; its checkpoint for purpose, see
+    common.checkpoint_path), OpenAI's GPT-2 by name, or a Hugging Face GPT-2 folder.
+    Returns (model, checkpoint), the checkpoint None for a pretrained model.
+    """
+    if init_from == 'resume':
+        path = checkpoint_path(out_dir, purpose)
+        checkpoint = load_checkpoint(path)
+        return GPT.from_checkpoint(checkpoint, path, dropout), checkpoint
+    if init_from in GPT2_SIZES or os.path.isdir(init_from):
+        return GPT.from_pretrained(init_from, dict(dropout=dropout)), None
+    raise UserError(f"unknown init_from '{init_from}'; use 'resume', one of {', '.join(GPT2_SIZES)}, "
+                    f"or a Hugging Face model folder")

@@ -10,13 +10,13 @@ The samples are generated as one batch; the first is printed as its tokens arriv
 """
 
 import os
-from types import SimpleNamespace
 
 import torch
 
-from common import UserError, gpt2_encoding, load_checkpoint, load_meta, model_from_checkpoint, run_main, setup
-from configurator import ConfigError, config_from_globals, load_config
-from model import GPT, GPT2_SIZES
+from common import UserError, gpt2_encoding, run_main, setup
+from configurator import ConfigError, as_namespace, config_from_globals, load_config
+from data import load_meta
+from model import load_model
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), 'gpt2'..'gpt2-xl', or a Hugging Face GPT-2 folder
@@ -37,20 +37,10 @@ DEFAULTS = config_from_globals(globals())
 TYPES = {'top_k': int, 'top_p': float, 'stop': (str, int)}
 
 
-def load_model(cfg):
+def load_sampled_model(cfg):
     """The model to sample from, and the checkpoint's training config (or {} for a pretrained model)."""
-    if cfg.init_from == 'resume':
-        # the best weights; a run stopped before its first saved eval has only its latest state
-        path = os.path.join(cfg.out_dir, 'ckpt.pt')
-        last = os.path.join(cfg.out_dir, 'ckpt_last.pt')
-        path = path if os.path.exists(path) or not os.path.exists(last) else last
-        checkpoint = load_checkpoint(path)
-        model = model_from_checkpoint(checkpoint, path)
-        return model, checkpoint.get('config', {})
-    if cfg.init_from in GPT2_SIZES or os.path.isdir(cfg.init_from):
-        return GPT.from_pretrained(cfg.init_from), {}  # no dataset, so decoded with GPT-2's BPE
-    raise UserError(f"unknown init_from '{cfg.init_from}'; use 'resume', one of {', '.join(GPT2_SIZES)}, "
-                    f"or a Hugging Face model folder")
+    model, checkpoint = load_model(cfg.init_from, cfg.out_dir)
+    return model, checkpoint.get('config', {}) if checkpoint else {}
 
 
 def get_codec(train_config):
@@ -115,7 +105,7 @@ def sample(cfg):
     Print cfg.num_samples samples, generated as one batch; returns their texts. The first sample is
     printed as its tokens arrive, the others when the batch is done: the text is the same either way.
     """
-    cfg = SimpleNamespace(**cfg) if isinstance(cfg, dict) else cfg
+    cfg = as_namespace(cfg)
     if cfg.num_samples < 1:
         raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
     if cfg.top_k is not None and cfg.top_k < 1:
@@ -126,7 +116,7 @@ def sample(cfg):
         raise ConfigError(f"temperature={cfg.temperature} must be 0 (greedy) or more")
     rt = setup(cfg.device, cfg.dtype)
     torch.manual_seed(cfg.seed)
-    model, train_config = load_model(cfg)
+    model, train_config = load_sampled_model(cfg)
     model.eval()
     model.to(rt.device)
     if cfg.compile:

@@ -4,6 +4,7 @@ import pytest
 
 import bench
 from common import UserError
+from conftest import run_in_process
 
 TINY_SHAPE = dict(device='cpu', n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64)
 
@@ -36,3 +37,17 @@ def test_train_benchmark_on_a_dataset_with_a_profile(char_data, monkeypatch, cap
 def test_unknown_mode_is_a_user_error():
     with pytest.raises(UserError, match="unknown mode 'x'"):
         bench.bench(dict(bench.DEFAULTS, mode='x'))
+
+
+@pytest.mark.parametrize('setting', ['num_steps=0', 'warmup_steps=-1', 'repeats=0', 'prompt_len=0',
+                                     'max_new_tokens=-1', 'batch_size=0', 'n_head=5'])
+def test_impossible_counts_and_shapes_are_one_line_errors(tmp_path, setting):
+    r = run_in_process('bench.py', f'--{setting}', '--device=cpu', cwd=tmp_path)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr
+    assert r.stderr.count('\n') == 1 and r.stderr.startswith('error: ') and setting in r.stderr, r.stderr
+
+
+def test_no_warmup_steps_is_allowed(capsys):
+    result = bench.bench(dict(bench.DEFAULTS, **TINY_SHAPE, batch_size=2, warmup_steps=0, num_steps=1,
+                              compile=False))
+    assert math.isfinite(result['loss'])

@@ -9,7 +9,8 @@ import torch
 
 import hellaswag
 import train
-from common import SHARD_HEADER_BYTES, UserError, load_checkpoint, read_shard, read_shard_header, write_shard
+from common import UserError, load_checkpoint
+from data import SHARD_HEADER_BYTES, read_shard, read_shard_header, write_shard
 from conftest import needs_tiktoken_cache
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import train
-from common import UserError, load_checkpoint
+from common import UserError, checkpoint_path, load_checkpoint
 from conftest import REPO, TINY, run_script
 from model import GPT
 
@@ -83,7 +83,7 @@ def test_final_weights_kept_beside_the_best(char_data, monkeypatch):
     assert load_checkpoint('run/ckpt_last.pt')['iter_num'] == 8
     # resume continues from the latest state
     train.train(dict(cfg, max_iters=9, init_from='resume'))
-    assert load_checkpoint(train.resume_path('run'))['iter_num'] == 9
+    assert load_checkpoint(checkpoint_path('run', 'resume'))['iter_num'] == 9
 
 
 def test_nonfinite_loss_stops_and_keeps_the_good_checkpoint(char_data, monkeypatch):

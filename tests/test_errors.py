@@ -124,7 +124,8 @@ def test_sample_long_prompt_is_cropped(trained):
 
 
 def test_meta_pkl_that_would_run_code_is_refused(tmp_path):
-    from common import UserError, load_meta
+    from common import UserError
+    from data import load_meta
 
     class Evil:
         def __reduce__(self):

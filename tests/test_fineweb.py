@@ -5,7 +5,8 @@ import pytest
 
 import common
 import train
-from common import UserError, read_shard, write_shard
+from common import UserError
+from data import read_shard, write_shard
 from conftest import load_script
 
 fineweb = load_script('data/fineweb10B/prepare.py', 'prepare_fineweb')

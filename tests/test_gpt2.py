@@ -172,9 +172,9 @@ def test_train_from_hf_folder_crops_and_resumes(tmp_path, monkeypatch):
 
 def test_unknown_init_from(tmp_path):
     with pytest.raises(UserError, match="unknown init_from 'gpt3'; use 'scratch', 'resume', one of gpt2, "):
-        train.init_model(SimpleNamespace(**train_cfg(tmp_path, init_from='gpt3')), None, None)
+        train.init_model(SimpleNamespace(**train_cfg(tmp_path, init_from='gpt3')), None)
     with pytest.raises(UserError, match="unknown init_from 'gpt3'; use 'resume', one of gpt2, "):
-        sample.load_model(SimpleNamespace(**dict(sample.DEFAULTS, init_from='gpt3')))
+        sample.load_sampled_model(SimpleNamespace(**dict(sample.DEFAULTS, init_from="gpt3")))
 
 
 def test_sample_from_hf_folder_decodes_with_gpt2_bpe(tmp_path, capsys):

@@ -3,7 +3,8 @@ import os
 import numpy as np
 import pytest
 
-from common import UserError, load_meta
+from common import UserError
+from data import load_meta
 from conftest import SHAKESPEARE, load_script, shakespeare_text
 
 prepare_char = load_script('data/shakespeare_char/prepare.py', 'prepare_char')

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import sample
-from common import UserError, load_meta, save_checkpoint
+from common import UserError, save_checkpoint
+from data import load_meta
 from configurator import ConfigError, parse_config
 from conftest import needs_tiktoken_cache
 from model import GPT, GPTConfig
@@ -34,7 +35,7 @@ def sample_cfg(**overrides):
 def reference_texts(cfg, stop_id=None):
     """What sample.py must print: the same seed and model, generate without the cache, decoded at the end."""
     torch.manual_seed(cfg['seed'])
-    model, train_config = sample.load_model(SimpleNamespace(**cfg))  # builds the model as sample does
+    model, train_config = sample.load_sampled_model(SimpleNamespace(**cfg))  # builds the model as sample does
     model.eval()
     encode, decode = sample.get_codec(train_config)
     start_ids = encode(cfg['start'])

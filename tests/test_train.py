@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import train
-from common import load_checkpoint, load_meta
+from common import load_checkpoint
+from data import load_meta
 from conftest import TINY, run_script
 
 
@@ -128,10 +129,55 @@ def test_gradient_accumulation_averages_micro_batches(char_data, monkeypatch):
     y = torch.cat([b[1] for b in batches])
     torch.manual_seed(base['seed'])
     vocab_size = load_meta(str(char_data / 'data' / 'shakespeare_char' / 'meta.pkl'))['vocab_size']
-    reference = train.init_model(SimpleNamespace(**base), vocab_size, None)[0]
+    reference = train.init_model(SimpleNamespace(**base), vocab_size)[0]
     opt = reference.configure_optimizers(0.0, base['learning_rate'], (base['beta1'], base['beta2']), 'cpu')
     _, loss = reference(x, y)
     loss.backward()
     opt.step()
     for (name, a), b in zip(accumulated.state_dict().items(), reference.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def open_files_named(name):
+    """The paths of this process's open files that end with name (Linux's /proc; None elsewhere)."""
+    if not os.path.isdir('/proc/self/fd'):
+        return None
+    paths = []
+    for fd in os.listdir('/proc/self/fd'):
+        try:
+            paths.append(os.readlink(f'/proc/self/fd/{fd}'))
+        except OSError:
+            pass
+    return [p for p in paths if p.endswith(name)]
+
+
+def test_eval_only_leaves_the_log_alone_and_the_log_is_closed_on_failure(char_data, monkeypatch):
+    monkeypatch.chdir(char_data)
+    cfg = dict(train.DEFAULTS, dataset='shakespeare_char', device='cpu', compile=False, n_layer=1, n_head=2, n_embd=16,
+               block_size=16, batch_size=2, gradient_accumulation_steps=1, eval_iters=2, eval_interval=2,
+               max_iters=2, warmup_iters=1, lr_decay_iters=2, out_dir=str(char_data / 'out'))
+    train.train(cfg)
+    log_path = char_data / 'out' / 'log.jsonl'
+    before = log_path.read_bytes()
+    # an eval-only run that does not resume (a pretrained model's loss, say) must not wipe the run's log
+    train.train(dict(cfg, eval_only=True))
+    assert log_path.read_bytes() == before
+    # a run that fails after opening its log leaves no open file behind
+    monkeypatch.setattr(train, 'train_step', lambda *a, **k: (_ for _ in ()).throw(RuntimeError('boom')))
+    with pytest.raises(RuntimeError, match='boom'):
+        train.train(dict(cfg, out_dir=str(char_data / 'out2')))
+    open_logs = open_files_named('log.jsonl')
+    if open_logs is not None:
+        assert open_logs == []
+
+
+def test_bench_times_the_training_step_of_train_py(monkeypatch):
+    """bench.py calls train.train_step itself: the benchmark cannot drift from what trains."""
+    import bench
+    calls = []
+    real = train.train_step
+    monkeypatch.setattr(bench, 'train_step', lambda *a, **k: calls.append(a[7:9]) or real(*a, **k))
+    bench.bench(dict(bench.DEFAULTS, device='cpu', n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=32,
+                     batch_size=2, gradient_accumulation_steps=2, grad_clip=0.5, warmup_steps=0, num_steps=2,
+                     compile=False))
+    assert calls == [(2, 0.5), (2, 0.5)]

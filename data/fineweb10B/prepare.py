@@ -16,7 +16,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-from common import UserError, download, read_shard_header, run_main  # noqa: E402
+from common import UserError, download, run_main  # noqa: E402
+from data import read_shard_header  # noqa: E402
 
 BASE_URL = 'https://huggingface.co/datasets/kjj0/fineweb10B-gpt2/resolve/main'
 NUM_TRAIN_SHARDS = 103

@@ -1,0 +1,74 @@
+"""The project's shape: imports point one way, down to common.py, and the scripts' functions stay short."""
+
+import ast
+import glob
+import os
+
+from conftest import REPO
+
+MODULES = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(REPO, '*.py')))
+
+
+def imports_of(name):
+    """The project modules a top-level module imports anywhere in it, inside functions too."""
+    with open(os.path.join(REPO, f'{name}.py'), encoding='utf-8') as f:
+        tree = ast.parse(f.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split('.')[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split('.')[0])
+    return found & set(MODULES) - {name}
+
+
+def find_cycle(graph):
+    """A list of modules that import each other in a circle, or None."""
+    done, path = set(), []
+
+    def visit(node):
+        if node in path:
+            return path[path.index(node):] + [node]
+        if node in done:
+            return None
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            cycle = visit(nxt)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(node)
+        return None
+
+    for node in sorted(graph):
+        cycle = visit(node)
+        if cycle:
+            return cycle
+    return None
+
+
+def test_the_top_level_modules_import_no_cycle():
+    graph = {name: imports_of(name) for name in MODULES}
+    assert {'model', 'train', 'common', 'data', 'configurator'} <= set(graph)
+    assert find_cycle(graph) is None, ' -> '.join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
+    assert find_cycle({'a': {'b'}, 'b': set()}) is None
+
+
+def test_the_base_modules_import_nothing_above_them():
+    assert imports_of('configurator') == set()
+    assert imports_of('common') <= {'configurator'}
+    assert imports_of('data') <= {'common', 'configurator'}
+
+
+def test_the_scripts_functions_fit_on_a_screen():
+    for script in ('train.py', 'sample.py', 'bench.py'):
+        with open(os.path.join(REPO, script), encoding='utf-8') as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 80, f"{script}: {node.name} is {length} lines"
