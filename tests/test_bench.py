@@ -4,7 +4,7 @@ import pytest
 
 import bench
 from common import UserError
-from conftest import run_in_process
+from helpers import run_in_process
 
 TINY_SHAPE = dict(device='cpu', n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64)
 

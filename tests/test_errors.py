@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from conftest import TINY, run_in_process, run_script
+from helpers import TINY, run_in_process, run_script
 
 
 def assert_one_line_error(result, *fragments, status=None):

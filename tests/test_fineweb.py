@@ -7,7 +7,7 @@ import common
 import train
 from common import UserError
 from data import read_shard, write_shard
-from conftest import load_script
+from helpers import load_script
 
 fineweb = load_script('data/fineweb10B/prepare.py', 'prepare_fineweb')
 
@@ -49,11 +49,11 @@ def test_resumes_a_partial_shard_and_retries_a_broken_download(served_shards, tm
     write_shard(str(server.folder / 'fineweb_train_000002.bin'), big)
     server.break_once.add('/fineweb_train_000002.bin')
     fineweb.prepare(str(data_dir), num_train_shards=2, base_url=server.url)
-    assert ('/fineweb_train_000001.bin', 'bytes=2500-') in server.requests
-    assert ('/fineweb_train_000001.bin', None) not in server.requests  # only the missing bytes were fetched
-    broken = [r for r in server.requests if r[0] == '/fineweb_train_000002.bin']
-    assert len(broken) == 2 and broken[0][1] is None
-    assert 0 < int(broken[1][1].removeprefix('bytes=').rstrip('-')) <= len(big)  # resumed after the drop
+    assert ('GET', '/fineweb_train_000001.bin', 'bytes=2500-') in server.requests
+    assert ('GET', '/fineweb_train_000001.bin', None) not in server.requests  # only the missing bytes were fetched
+    broken = [r for r in server.requests if r[1] == '/fineweb_train_000002.bin']
+    assert len(broken) == 2 and broken[0][2] is None
+    assert 0 < int(broken[1][2].removeprefix('bytes=').rstrip('-')) <= len(big)  # resumed after the drop
     for name in ('fineweb_train_000001.bin', 'fineweb_train_000002.bin'):
         assert (data_dir / name).read_bytes() == (server.folder / name).read_bytes()
         assert not (data_dir / f'{name}.part').exists()

@@ -17,7 +17,7 @@ import hf
 import sample
 import train
 from common import UserError, load_checkpoint
-from conftest import SHAKESPEARE, load_script, needs_tiktoken_cache, run_script
+from helpers import SHAKESPEARE, load_script, needs_tiktoken_cache, run_script, tiny_model, tiny_run
 from model import GPT, GPTConfig
 
 
@@ -102,7 +102,7 @@ def test_dropout_is_the_only_override(tmp_path):
     (dict(n_embd=48), 'has shape'),
 ])
 def test_unsupported_or_inconsistent_folders_are_user_errors(tmp_path, change, message):
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, bias=True))
+    model = tiny_model()
     hf.save_pretrained(model, str(tmp_path))
     config = json.loads((tmp_path / 'config.json').read_text())
     (tmp_path / 'config.json').write_text(json.dumps(dict(config, **change)))
@@ -113,7 +113,7 @@ def test_unsupported_or_inconsistent_folders_are_user_errors(tmp_path, change, m
 def test_missing_folder_or_weights_are_user_errors(tmp_path):
     with pytest.raises(UserError, match='neither a GPT-2 model name nor a Hugging Face model folder'):
         GPT.from_pretrained(str(tmp_path / 'nowhere'))
-    hf.save_pretrained(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20)), str(tmp_path))
+    hf.save_pretrained(tiny_model(n_layer=1, n_embd=16, block_size=8, vocab_size=20), str(tmp_path))
     os.remove(tmp_path / 'model.safetensors')
     with pytest.raises(UserError, match='has no weights'):
         GPT.from_pretrained(str(tmp_path))
@@ -136,18 +136,16 @@ def bpe_dataset(root):
 
 def tiny_gpt2_folder(path, block_size=64):
     """A small model with GPT-2's vocabulary, written as a HF folder."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=50257, bias=True))
+    model = tiny_model(0, block_size=block_size, vocab_size=50257)
     hf.save_pretrained(model, str(path))
     return model
 
 
 def train_cfg(root, **kw):
-    cfg = dict(train.DEFAULTS, dataset='shakespeare', device='cpu', compile=False, n_layer=2, n_head=2, n_embd=32,
-               block_size=32, batch_size=2, gradient_accumulation_steps=1, eval_iters=1, eval_interval=2,
-               max_iters=2, warmup_iters=1, lr_decay_iters=4, always_save_checkpoint=True, out_dir=str(root / 'out'))
-    cfg.update(kw)
-    return cfg
+    settings = dict(dataset='shakespeare', batch_size=2, eval_iters=1, eval_interval=2, max_iters=2, warmup_iters=1,
+                    lr_decay_iters=4, always_save_checkpoint=True)
+    settings.update(kw)
+    return tiny_run(root / 'out', **settings)
 
 
 def test_train_from_hf_folder_crops_and_resumes(tmp_path, monkeypatch):

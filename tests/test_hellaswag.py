@@ -9,9 +9,9 @@ import torch
 from torch.nn import functional as F
 
 import hellaswag
+import train
 from common import UserError
-from conftest import needs_tiktoken_cache
-from model import GPT, GPTConfig
+from helpers import needs_tiktoken_cache, shard_dataset, shard_run, tiny_model
 
 V = 128  # the toy models' vocabulary: ASCII characters
 
@@ -78,8 +78,7 @@ def test_acc_norm_divides_by_the_ending_length():
 
 
 def tiny_gpt(block_size=32):
-    torch.manual_seed(0)
-    return GPT(GPTConfig(block_size=block_size, vocab_size=V, n_layer=2, n_head=2, n_embd=32, dropout=0.0)).eval()
+    return tiny_model(seed=0, block_size=block_size, vocab_size=V)
 
 
 def reference_scores(model, ctx, ending):
@@ -146,9 +145,8 @@ def test_a_character_level_model_is_refused():
 def test_standalone_on_a_checkpoint(tmp_path, monkeypatch, capsys):
     needs_tiktoken_cache()
     from common import save_checkpoint
-    torch.manual_seed(0)
     args = dict(block_size=32, vocab_size=50304, n_layer=1, n_head=2, n_embd=16, bias=False)
-    model = GPT(GPTConfig(**args)).eval()
+    model = tiny_model(0, **args)
     (tmp_path / 'out').mkdir()
     save_checkpoint({'model': model.state_dict(), 'model_args': args, 'config': {}},
                     str(tmp_path / 'out' / 'ckpt.pt'))
@@ -162,3 +160,34 @@ def test_standalone_on_a_checkpoint(tmp_path, monkeypatch, capsys):
     assert result == hellaswag.evaluate(model, examples[:3]) and result['examples'] == 3
     line = f"HellaSwag, 3 examples: acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f}"
     assert line in capsys.readouterr().out
+
+
+# -----------------------------------------------------------------------------
+# scored in train.py at each eval
+
+def test_train_scores_hellaswag_at_each_eval(tmp_path, monkeypatch, capsys):
+    needs_tiktoken_cache()
+    shard_dataset(tmp_path)
+    examples = [{'ctx': f"A man walks to the {w}.", 'endings': ["He sits.", "It rains", "She runs away.", "no"],
+                 'label': i % 4} for i, w in enumerate(['door', 'car', 'park', 'shop', 'sea'])]
+    hs = tmp_path / 'data' / 'hellaswag'
+    hs.mkdir()
+    (hs / 'hellaswag_val.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in examples))
+    monkeypatch.chdir(tmp_path)
+    result = train.train(shard_run(tmp_path, max_iters=1, eval_interval=1, eval_iters=1, gradient_accumulation_steps=1,
+                                  eval_hellaswag=True, hellaswag_examples=4))
+    log = [json.loads(line) for line in open(tmp_path / 'out' / 'log.jsonl')]
+    evals = [r for r in log if 'val_loss' in r]
+    assert [r['iter'] for r in evals] == [0, 1]
+    expected = hellaswag.evaluate(result['model'], examples[:4])  # the final model, scored directly
+    assert evals[-1]['hellaswag_acc'] == expected['acc']
+    assert evals[-1]['hellaswag_acc_norm'] == expected['acc_norm']
+    assert all(r['hellaswag_acc_norm'] * 4 == int(r['hellaswag_acc_norm'] * 4) for r in evals)  # 4 examples
+    assert "step 1: train loss" in capsys.readouterr().out
+
+
+def test_hellaswag_needs_a_gpt2_vocabulary(char_data, monkeypatch):
+    monkeypatch.chdir(char_data)
+    cfg = shard_run(char_data, dataset='shakespeare_char', eval_hellaswag=True)
+    with pytest.raises(UserError, match="GPT-2's BPE"):
+        train.train(cfg)

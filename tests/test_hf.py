@@ -1,12 +1,10 @@
 """hf.py: safetensors against the safetensors package, GPT-2's HF layout, and hub downloads from a loopback server."""
 
 import hashlib
-import http.server
 import json
 import os
 import socket
 import struct
-import threading
 
 import pytest
 import torch
@@ -98,76 +96,28 @@ def test_hf_layout_round_trip(bias):
 
 
 # -----------------------------------------------------------------------------
-# the hub, played by a loopback server: /<repo>/resolve/main/<file> answers like huggingface.co, with the
-# file's sha256 and size in X-Linked-Etag / X-Linked-Size and a redirect to the content, served with Range
+# the hub, played by the loopback server: /<repo>/resolve/main/<file> answers like huggingface.co, with a
+# redirect to the content and the file's sha256 and size in X-Linked-Etag / X-Linked-Size
 
 class Hub:
-    def __init__(self):
+    def __init__(self, server):
+        self.server = server
         self.files = {}  # file name: bytes
-        self.corrupt = False  # serve the content with one byte flipped, under the true hash
-        self.log = []  # (method, path, Range header)
-        self.served = 0  # content bytes sent
 
-    def add(self, name, data):
+    def add(self, name, data, repo='org/tiny'):
         self.files[name] = data
-
-
-def make_handler(hub):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_HEAD(self):
-            self.answer(body=False)
-
-        def do_GET(self):
-            self.answer(body=True)
-
-        def answer(self, body):
-            hub.log.append((self.command, self.path, self.headers.get('Range')))
-            name = self.path.rsplit('/', 1)[-1]
-            if name not in hub.files:
-                self.send_response(404)
-                self.send_header('Content-Length', '0')
-                self.end_headers()
-                return
-            data = hub.files[name]
-            if '/resolve/' in self.path:
-                self.send_response(302)
-                self.send_header('Location', f'http://127.0.0.1:{self.server.server_port}/cdn/{name}')
-                self.send_header('X-Linked-Etag', f'"{hashlib.sha256(data).hexdigest()}"')
-                self.send_header('X-Linked-Size', str(len(data)))
-                self.send_header('Content-Length', '0')
-                self.end_headers()
-                return
-            if hub.corrupt:
-                data = data[:-1] + bytes([data[-1] ^ 1])
-            start = 0
-            if self.headers.get('Range', '').startswith('bytes='):
-                start = int(self.headers['Range'][6:].split('-')[0])
-            self.send_response(206 if start else 200)
-            if start:
-                self.send_header('Content-Range', f'bytes {start}-{len(data) - 1}/{len(data)}')
-            self.send_header('Content-Length', str(len(data) - start))
-            self.end_headers()
-            if body:
-                self.wfile.write(data[start:])
-                hub.served += len(data) - start
-
-        def log_message(self, *args):
-            pass
-    return Handler
+        (self.server.folder / 'cdn').mkdir(exist_ok=True)
+        (self.server.folder / 'cdn' / name).write_bytes(data)
+        self.server.redirects[f'/{repo}/resolve/main/{name}'] = (f'/cdn/{name}', {
+            'X-Linked-Etag': f'"{hashlib.sha256(data).hexdigest()}"', 'X-Linked-Size': str(len(data))})
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    hub = Hub()
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), make_handler(hub))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    monkeypatch.setenv('HF_ENDPOINT', f'http://127.0.0.1:{server.server_port}')
+def hub(http_server, tmp_path, monkeypatch):
+    monkeypatch.setenv('HF_ENDPOINT', http_server.url)
     monkeypatch.setenv('NANOGPT_CACHE', str(tmp_path / 'cache'))
     monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
-    yield hub
-    server.shutdown()
-    server.server_close()
+    return Hub(http_server)
 
 
 def safetensors_bytes(tmp_path):
@@ -184,12 +134,12 @@ def test_hub_download_is_checked_and_cached(hub, tmp_path):
     with open(path, 'rb') as f:
         assert f.read() == hub.files['model.safetensors']
     assert_same(hf.read_safetensors(path), hf.read_safetensors(str(tmp_path / 'src.safetensors')))
-    assert [m for m, _, _ in hub.log] == ['HEAD', 'GET', 'GET']  # the metadata, then the redirect and the file
+    assert [m for m, _, _ in hub.server.requests] == ['HEAD', 'GET', 'GET']  # the metadata, then the redirect and the file
     assert not os.path.exists(path + '.part')
     # a cache hit asks nothing of the hub
-    requests_before = len(hub.log)
+    requests_before = len(hub.server.requests)
     assert hf.hub_file('org/tiny', 'model.safetensors') == path
-    assert len(hub.log) == requests_before
+    assert len(hub.server.requests) == requests_before
 
 
 def test_hub_download_resumes_a_partial_file(hub, tmp_path):
@@ -201,18 +151,18 @@ def test_hub_download_resumes_a_partial_file(hub, tmp_path):
     path = hf.hub_file('org/tiny', 'model.safetensors')
     with open(path, 'rb') as f:
         assert f.read() == data
-    assert ('GET', '/cdn/model.safetensors', 'bytes=5000-') in hub.log
-    assert hub.served == len(data) - 5000
+    assert ('GET', '/cdn/model.safetensors', 'bytes=5000-') in hub.server.requests
+    assert hub.server.served == len(data) - 5000
 
 
 def test_corrupt_download_is_detected_and_not_cached(hub, tmp_path):
     hub.add('model.safetensors', safetensors_bytes(tmp_path))
-    hub.corrupt = True
+    hub.server.corrupt = True
     with pytest.raises(UserError, match='corrupt'):
         hf.hub_file('org/tiny', 'model.safetensors')
     path = tmp_path / 'cache' / 'org' / 'tiny' / 'model.safetensors'
     assert not path.exists() and not os.path.exists(str(path) + '.part')
-    hub.corrupt = False  # the next try downloads it afresh
+    hub.server.corrupt = False  # the next try downloads it afresh
     assert open(hf.hub_file('org/tiny', 'model.safetensors'), 'rb').read() == hub.files['model.safetensors']
 
 
@@ -233,7 +183,7 @@ def test_offline_is_a_clear_error(hub, monkeypatch, tmp_path):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     with pytest.raises(UserError, match='HF_HUB_OFFLINE'):
         hf.hub_file('org/tiny', 'model.safetensors')
-    assert hub.log == []
+    assert hub.server.requests == []
 
 
 def test_cache_dir(monkeypatch, tmp_path):

@@ -5,18 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from helpers import tiny_config, tiny_model
 from model import GPT, GPTConfig, KVCache, peak_flops, sample_next
-
-
-def tiny_config(**overrides):
-    args = dict(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
-    args.update(overrides)
-    return GPTConfig(**args)
-
-
-def tiny_model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return GPT(tiny_config(**overrides)).eval()
 
 
 def test_default_config_is_gpt2_small_with_padded_vocab():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from common import UserError
-from conftest import load_script, needs_tiktoken_cache
+from helpers import load_script, needs_tiktoken_cache
 
 owt = load_script('data/openwebtext/prepare.py', 'prepare_openwebtext')
 

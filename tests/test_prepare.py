@@ -5,7 +5,7 @@ import pytest
 
 from common import UserError
 from data import load_meta
-from conftest import SHAKESPEARE, load_script, shakespeare_text
+from helpers import SHAKESPEARE, load_script, shakespeare_text
 
 prepare_char = load_script('data/shakespeare_char/prepare.py', 'prepare_char')
 

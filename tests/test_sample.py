@@ -9,7 +9,7 @@ import sample
 from common import UserError, save_checkpoint
 from data import load_meta
 from configurator import ConfigError, parse_config
-from conftest import needs_tiktoken_cache
+from helpers import needs_tiktoken_cache
 from model import GPT, GPTConfig
 
 

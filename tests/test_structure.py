@@ -4,7 +4,7 @@ import ast
 import glob
 import os
 
-from conftest import REPO
+from helpers import REPO
 
 MODULES = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(REPO, '*.py')))
 

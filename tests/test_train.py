@@ -1,16 +1,15 @@
-import json
 import math
 import os
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
 import train
 from common import load_checkpoint
 from data import load_meta
-from conftest import TINY, run_script
+from data import TRAIN_BATCH, get_batch
+from helpers import TINY, read_log, run_script, tiny_run
 
 
 def lr_cfg(**kw):
@@ -33,37 +32,11 @@ def test_lr_schedule():
     assert train.get_lr(7, lr_cfg(decay_lr=False)) == 6e-4
 
 
-def test_get_batch_is_a_function_of_its_key(tmp_path):
-    path = tmp_path / 'train.bin'
-    np.arange(1000, dtype=np.uint16).tofile(path)
-    x1, y1 = train.get_batch(str(path), 4, 8, 1337, 0, 5, 1)
-    x2, y2 = train.get_batch(str(path), 4, 8, 1337, 0, 5, 1)
-    x3, _ = train.get_batch(str(path), 4, 8, 1337, 0, 5, 2)
-    assert torch.equal(x1, x2) and torch.equal(y1, y2) and not torch.equal(x1, x3)
-    assert x1.dtype == torch.int64 and x1.shape == (4, 8)
-    torch.testing.assert_close(y1[:, :-1], x1[:, 1:])  # targets are the inputs shifted by one
-    torch.testing.assert_close(y1, x1 + 1)  # this data counts up
-
-
-def test_eval_batches_do_not_depend_on_training_batches(tmp_path):
-    path = tmp_path / 'val.bin'
-    np.arange(1000, dtype=np.uint16).tofile(path)
-    a, _ = train.get_batch(str(path), 4, 8, 1, train.EVAL_BATCH, 1, 0)
-    b, _ = train.get_batch(str(path), 4, 8, 1, train.TRAIN_BATCH, 1, 0)
-    assert not torch.equal(a, b)
-
-
-def read_log(out_dir):
-    with open(os.path.join(out_dir, 'log.jsonl')) as f:
-        return [json.loads(line) for line in f]
-
-
 def test_train_in_process_saves_final_weights(char_data, monkeypatch):
     monkeypatch.chdir(char_data)
-    cfg = dict(train.DEFAULTS, dataset='shakespeare_char', device='cpu', compile=False, n_layer=1, n_head=2, n_embd=16,
-               block_size=16, batch_size=2, gradient_accumulation_steps=2, eval_iters=2, eval_interval=4,
-               max_iters=6, warmup_iters=1, lr_decay_iters=6, out_dir=str(char_data / 'out'),
-               always_save_checkpoint=True)
+    cfg = tiny_run(char_data / 'out', n_layer=1, n_embd=16, block_size=16, batch_size=2, gradient_accumulation_steps=2,
+                   eval_iters=2, eval_interval=4, max_iters=6, warmup_iters=1, lr_decay_iters=6,
+                   always_save_checkpoint=True)
     result = train.train(cfg)
     assert result['iter_num'] == 6
     ckpt = load_checkpoint(str(char_data / 'out' / 'ckpt.pt'))
@@ -116,15 +89,15 @@ def test_train_resume_sample_end_to_end(char_data):
 def test_gradient_accumulation_averages_micro_batches(char_data, monkeypatch):
     """One step on 2 micro-batches of 2 equals one step on the same 4 windows at once (no clipping, no decay)."""
     monkeypatch.chdir(char_data)
-    base = dict(train.DEFAULTS, dataset='shakespeare_char', device='cpu', compile=False, n_layer=1, n_head=2,
-                n_embd=16, block_size=16, eval_iters=1, eval_interval=100, max_iters=1, warmup_iters=0,
-                decay_lr=False, grad_clip=0.0, weight_decay=0.0, always_save_checkpoint=True)
+    base = tiny_run(char_data / 'out', n_layer=1, n_embd=16, block_size=16, eval_iters=1, eval_interval=100,
+                    max_iters=1, warmup_iters=0, decay_lr=False, grad_clip=0.0, weight_decay=0.0,
+                    always_save_checkpoint=True)
     accumulated = train.train(dict(base, batch_size=2, gradient_accumulation_steps=2,
                                    out_dir=str(char_data / 'a')))['model']
 
     # the same windows in one batch of 4, by hand
     path = str(char_data / 'data' / 'shakespeare_char' / 'train.bin')
-    batches = [train.get_batch(path, 2, 16, base['seed'], train.TRAIN_BATCH, 0, m) for m in range(2)]
+    batches = [get_batch(path, 2, 16, base['seed'], TRAIN_BATCH, 0, m) for m in range(2)]
     x = torch.cat([b[0] for b in batches])
     y = torch.cat([b[1] for b in batches])
     torch.manual_seed(base['seed'])
@@ -153,9 +126,8 @@ def open_files_named(name):
 
 def test_eval_only_leaves_the_log_alone_and_the_log_is_closed_on_failure(char_data, monkeypatch):
     monkeypatch.chdir(char_data)
-    cfg = dict(train.DEFAULTS, dataset='shakespeare_char', device='cpu', compile=False, n_layer=1, n_head=2, n_embd=16,
-               block_size=16, batch_size=2, gradient_accumulation_steps=1, eval_iters=2, eval_interval=2,
-               max_iters=2, warmup_iters=1, lr_decay_iters=2, out_dir=str(char_data / 'out'))
+    cfg = tiny_run(char_data / 'out', n_layer=1, n_embd=16, block_size=16, batch_size=2, eval_iters=2,
+                   eval_interval=2, max_iters=2, warmup_iters=1, lr_decay_iters=2)
     train.train(cfg)
     log_path = char_data / 'out' / 'log.jsonl'
     before = log_path.read_bytes()
