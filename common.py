@@ -3,11 +3,14 @@ What every script shares: user-facing errors, device, dtype and DDP setup, check
 The base of the project: it imports no module of it but configurator.
 """
 
+import datetime
 import hashlib
+import importlib.util
 import os
 import pickle
 import sys
 import time
+import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -87,15 +90,38 @@ def pick_device(device='auto'):
     return device
 
 
-def pick_dtype(dtype, device_type):
-    """'auto': bfloat16 on CUDA where supported, else float16 (with a GradScaler); float32 elsewhere."""
+def pick_dtype(dtype, device):
+    """
+    'auto': bfloat16 on GPUs that run it natively (NVIDIA compute capability 8.0+, Ampere on, or AMD), else
+    float16 with a GradScaler; float32 elsewhere.
+    """
     if dtype == 'auto':
-        if device_type != 'cuda':
+        if torch.device(device).type != 'cuda':
             return 'float32'
-        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+        # not torch.cuda.is_bf16_supported(): by default it counts the emulated, several times slower bfloat16 of
+        # V100s and T4s (compute capability 7.x), whose fast path is float16
+        native = torch.version.hip or torch.cuda.get_device_capability(device) >= (8, 0)
+        return 'bfloat16' if native else 'float16'
     if dtype not in PTDTYPES:
         raise UserError(f"unknown dtype '{dtype}'; use auto, float32, bfloat16 or float16")
     return dtype
+
+
+def compile_blocker(device):
+    """Why torch.compile cannot work on this CUDA device and install, or None where it can."""
+    if not torch._dynamo.is_dynamo_supported():
+        return f"this PyTorch ({torch.__version__}) cannot compile on Python {sys.version.split()[0]}"
+    if importlib.util.find_spec('triton') is None:
+        return "it needs Triton (pip install triton; not available on Windows)"
+    if not torch.version.hip and torch.cuda.get_device_capability(device) < (7, 0):
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"Triton needs compute capability 7.0 or newer, this GPU has {major}.{minor}"
+    return None
+
+
+# How long a process waits in a collective for the others: they wait while rank 0 downloads gpt2-xl (6.4 GB) or
+# writes and fsyncs a large checkpoint, which can take longer than NCCL's default of 10 minutes.
+DDP_TIMEOUT = datetime.timedelta(hours=1)
 
 
 def setup(device='auto', dtype='auto', backend='auto'):
@@ -109,18 +135,19 @@ def setup(device='auto', dtype='auto', backend='auto'):
     world_size = int(os.environ.get('WORLD_SIZE', 1))
     device = pick_device(device)
     device_type = torch.device(device).type
-    if ddp:
-        if backend == 'auto':
-            backend = 'nccl' if device_type == 'cuda' else 'gloo'
-        if device_type == 'cuda':
-            device = f'cuda:{local_rank}'  # one GPU per process
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group(backend=backend)
+    if ddp and device_type == 'cuda':
+        device = f'cuda:{local_rank}'  # one GPU per process
     if device_type == 'cuda':
+        # the current device is where pinned memory, synchronize and new contexts go: make it ours, not GPU 0
+        torch.cuda.set_device(device)
         # TF32 matmuls: float32 work runs on the tensor cores with 10-bit mantissas, several times faster
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    dtype = pick_dtype(dtype, device_type)
+    if ddp:
+        if backend == 'auto':
+            backend = 'nccl' if device_type == 'cuda' else 'gloo'
+        torch.distributed.init_process_group(backend=backend, timeout=DDP_TIMEOUT)
+    dtype = pick_dtype(dtype, device)
     if dtype == 'float32':
         ctx = nullcontext()
     else:
@@ -128,12 +155,35 @@ def setup(device='auto', dtype='auto', backend='auto'):
     return Runtime(device, device_type, dtype, ctx, ddp, rank, local_rank, world_size)
 
 
-def local_rank0_first(rt, fn):
-    """Run fn (a download, say) on one process per node while the others wait; then all go on together."""
-    if rt.local_rank == 0:
-        fn()
+def all_or_none(rt, error):
+    """
+    Raise on every process when any process had a UserError (error here, or None), so that none is left
+    waiting in a collective for one that has gone. Under DDP a collective: every process must call it.
+    """
     if rt.ddp:
-        torch.distributed.barrier()
+        failed = torch.tensor(float(error is not None), device=rt.device)
+        torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)
+        if failed.item() and error is None:
+            error = UserError("another process failed (its error is above); stopping this one too")
+    if error is not None:
+        raise error
+
+
+def local_rank0_first(rt, fn):
+    """
+    Run fn (a download, which skips what is already there) once per filesystem while the other processes wait:
+    first on rank 0, then on the first process of each other node, which finds the files already there when the
+    nodes share a filesystem and so never writes into the same partial file as another node. A UserError in fn
+    stops every process.
+    """
+    for turn in (rt.rank == 0, rt.local_rank == 0 and rt.rank != 0):
+        error = None
+        if turn:
+            try:
+                fn()
+            except UserError as e:
+                error = e
+        all_or_none(rt, error)  # also the barrier: no process goes on before this turn is done
 
 
 def teardown(rt):
@@ -193,7 +243,11 @@ def load_checkpoint(path, map_location='cpu'):
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at '{path}'; train first or point --out_dir at a run's folder")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        # memory-mapped: the tensors are read from the page cache as they are used, not copied into each process's
+        # memory (8 processes resuming gpt2-xl with AdamW would hold 8 x 19 GB). It needs torch.save's zip format,
+        # the default since PyTorch 1.6; Windows cannot replace a mapped file, which the next save does.
+        mmap = os.name != 'nt' and zipfile.is_zipfile(path)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         if 'Weights only load failed' not in str(e):
             raise UserError(f"checkpoint '{path}' is damaged or not a checkpoint ({e}); "
