@@ -159,28 +159,39 @@ GPT2_SIZES = {
 }
 
 
-# Dense bf16 tensor-core peak FLOPS from the vendors' data sheets; matched against the CUDA device name.
+# Dense peak FLOPS from NVIDIA's data sheets (the "with sparsity" figures halved), matched against the CUDA device
+# name in this order, the more specific names first: (16-bit: bfloat16, or float16 before Ampere; float32: TF32 on
+# the tensor cores from Ampere on, plain float32 before). GH200's GPU is an H100, close to the H200 figure.
 GPU_PEAK_FLOPS = {
-    'H200': 989e12,
-    'H100 PCIe': 756e12,
-    'H100': 989e12,
-    'A100': 312e12,
-    'L40S': 362e12,
-    'L40': 181e12,
-    'L4': 121e12,
-    'A10': 125e12,
-    'V100': 125e12,
-    'T4': 65e12,
+    'B200': (2250e12, 1125e12),
+    'H200 NVL': (835e12, 418e12),
+    'H100 NVL': (835e12, 418e12),
+    'H100 PCIe': (756e12, 378e12),
+    'H800 PCIe': (756e12, 378e12),
+    'H200': (989e12, 495e12),
+    'H100': (989e12, 495e12),
+    'H800': (989e12, 495e12),
+    'A100': (312e12, 156e12),
+    'A800': (312e12, 156e12),
+    'L40S': (362e12, 183e12),
+    'L40': (181e12, 90.5e12),
+    'L4': (121e12, 60e12),
+    'A10': (125e12, 62.5e12),
+    'V100': (125e12, 15.7e12),
+    'T4': (65e12, 8.1e12),
 }
 
 
 @functools.lru_cache(maxsize=None)
-def peak_flops(device_type, device_name=''):
-    """The device's peak FLOPS for MFU: a table lookup on GPUs, a quick fp32 matmul measurement on CPU."""
+def peak_flops(device_type, device_name='', dtype='bfloat16'):
+    """
+    The device's peak FLOPS for MFU in dtype: a table lookup on GPUs (float32 runs use TF32, see common.setup),
+    a quick float32 matmul measurement on CPU.
+    """
     if device_type == 'cuda':
         for name, flops in GPU_PEAK_FLOPS.items():
             if name in device_name:
-                return flops
+                return flops[1] if dtype == 'float32' else flops[0]
         return None
     if device_type == 'cpu':
         # 512x512 reaches about the peak of larger sizes here without MKL's extra buffers for big matmuls
@@ -208,6 +219,9 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
         logits = logits.scatter(-1, sorted_idx, sorted_logits.masked_fill(drop, -float('Inf')))
     probs = F.softmax(logits, dim=-1)
+    if generator is not None and generator.device != probs.device:
+        # multinomial draws on its generator's device: a CPU generator samples GPU logits on the CPU
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).to(probs.device)
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
@@ -277,8 +291,10 @@ class GPT(nn.Module):
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         else:
-            # inference: only the last position's logits are needed; the list index keeps the time dim
-            logits = self.lm_head(x[:, [-1], :])  # (b, 1, vocab_size)
+            # inference: only the last position's logits are needed; the list index keeps the time dim. In float32
+            # even under autocast: bfloat16 logits would round near-ties together before sampling
+            with torch.autocast(x.device.type, enabled=False):
+                logits = self.lm_head(x[:, [-1], :].float())  # (b, 1, vocab_size)
             loss = None
         return logits, loss
 
@@ -341,8 +357,8 @@ class GPT(nn.Module):
         extra_args = dict(fused=True) if fused else dict()
         return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt):
-        """Model FLOPs utilization: achieved FLOPS over the device's peak, or None where the peak is unknown."""
+    def estimate_mfu(self, fwdbwd_per_iter, dt, dtype='bfloat16'):
+        """Model FLOPs utilization: achieved FLOPS over the device's peak in dtype, or None where it is unknown."""
         # FLOPs per token from the PaLM paper, Appendix B: 6N for the matmuls plus the attention scores
         cfg = self.config
         N = self.get_num_params()
@@ -351,7 +367,7 @@ class GPT(nn.Module):
         flops_per_iter = flops_per_token * T * fwdbwd_per_iter
         device = self.lm_head.weight.device
         name = torch.cuda.get_device_name(device) if device.type == 'cuda' else ''
-        peak = peak_flops(device.type, name)
+        peak = peak_flops(device.type, name, dtype)
         return None if peak is None else flops_per_iter / dt / peak
 
     @torch.no_grad()

@@ -17,6 +17,29 @@ def test_generate_benchmark_at_a_tiny_shape(capsys):
     assert 'with cache' in capsys.readouterr().out
 
 
+def test_generate_benchmark_compares_tokens_in_float32(monkeypatch):
+    """
+    Timed in bfloat16, the cache's 1-row matmuls and the full forward's T-row ones round differently: the tokens
+    are compared from generations in float32 (no autocast, TF32 off), one with and one without the cache.
+    """
+    import torch
+    from model import GPT
+    real, calls = GPT.generate, []
+
+    def spy(self, idx, max_new_tokens, *args, use_kv_cache=True, **kwargs):
+        out = real(self, idx, max_new_tokens, *args, use_kv_cache=use_kv_cache, **kwargs)
+        calls.append((use_kv_cache, torch.is_autocast_enabled('cpu'), torch.backends.cuda.matmul.allow_tf32, out))
+        return out
+    monkeypatch.setattr(GPT, 'generate', spy)
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', True)
+    result = bench.bench(dict(bench.DEFAULTS, **TINY_SHAPE, mode='generate', dtype='bfloat16', prompt_len=4,
+                              max_new_tokens=8, repeats=1))
+    checks = [(cache, out) for cache, autocast, tf32, out in calls if not autocast and not tf32]
+    assert sorted(cache for cache, _ in checks) == [False, True]
+    assert result['same_tokens'] == torch.equal(checks[0][1], checks[1][1])
+    assert torch.backends.cuda.matmul.allow_tf32  # restored
+
+
 def test_train_benchmark_on_synthetic_data(capsys):
     cfg = dict(bench.DEFAULTS, **TINY_SHAPE, batch_size=4, warmup_steps=2, num_steps=3, compile=False)
     result = bench.bench(cfg)

@@ -329,6 +329,39 @@ def test_estimate_mfu_uses_device_peak():
     assert peak_flops('cuda', 'Some Future GPU') is None
 
 
+@pytest.mark.parametrize('name, bf16, tf32', [
+    ('NVIDIA H100 NVL', 835e12, 418e12),  # not the SXM card's figure, though its name holds "H100"
+    ('NVIDIA H200 NVL', 835e12, 418e12),
+    ('NVIDIA H200', 989e12, 495e12),
+    ('NVIDIA H800', 989e12, 495e12),
+    ('NVIDIA H800 PCIe', 756e12, 378e12),
+    ('NVIDIA A800-SXM4-80GB', 312e12, 156e12),
+    ('NVIDIA B200', 2250e12, 1125e12),
+    ('NVIDIA L40S', 362e12, 183e12),
+    ('NVIDIA L4', 121e12, 60e12),
+    ('NVIDIA A10', 125e12, 62.5e12),
+    ('Tesla V100-SXM2-16GB', 125e12, 15.7e12),  # no TF32 before Ampere: plain float32
+])
+def test_peak_flops_by_card_and_dtype(name, bf16, tf32):
+    """Data-sheet dense peaks; a float32 run (TF32 on the tensor cores) is measured against half the bf16 peak."""
+    assert peak_flops('cuda', name, 'bfloat16') == bf16
+    assert peak_flops('cuda', name, 'float16') == bf16
+    assert peak_flops('cuda', name, 'float32') == tf32
+
+
+def test_sampling_logits_are_float32_under_autocast():
+    """Under bfloat16 autocast, lm_head on the last position still runs in float32, so near-ties stay apart."""
+    model = tiny_model(vocab_size=64)
+    idx = torch.randint(0, 64, (2, 8))
+    hidden = []
+    model.transformer.ln_f.register_forward_hook(lambda module, args, out: hidden.append(out))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits, _ = model(idx)
+    assert logits.dtype == torch.float32
+    expected = hidden[0][:, [-1], :].float() @ model.lm_head.weight.T
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_tiny_model_overfits_one_batch():
     torch.manual_seed(0)
     model = GPT(tiny_config(bias=False))
