@@ -98,26 +98,36 @@ def score_endings(model, tokens, mask):
     return total, total / m.sum(dim=1)
 
 
+def render_examples(examples, block_size, encode=gpt2_encode):
+    """Every example's (tokens, mask, label), from render_example: tokenised once, for as many evals as needed."""
+    return [render_example(example, encode, block_size) for example in examples]
+
+
 def evaluate(model, examples, device='cpu', autocast=nullcontext(), rank=0, world_size=1, encode=gpt2_encode,
              progress=False):
     """
     acc, acc_norm and the number of examples scored. With several processes, each scores every world_size-th
     example and the counts are summed over the process group, so every process returns the totals.
     """
-    n = right = right_norm = 0  # examples, right by summed loss, right by mean loss
+    rendered = render_examples(examples[rank::world_size], model.config.block_size, encode)
+    return evaluate_rendered(model, rendered, device, autocast, progress)
+
+
+def evaluate_rendered(model, rendered, device='cpu', autocast=nullcontext(), progress=False):
+    """
+    evaluate on this process's share of the examples, already rendered. The counts stay on the device until the
+    end, so the device is waited for once, not at every example.
+    """
+    counts = torch.zeros(3, dtype=torch.long, device=device)  # examples, right by summed loss, by mean loss
     was_training = model.training
     model.eval()
-    for example in examples[rank::world_size]:
-        tokens, mask, label = render_example(example, encode, model.config.block_size)
+    for n, (tokens, mask, label) in enumerate(rendered, 1):
         with autocast:
             total, mean = score_endings(model, tokens.to(device), mask.to(device))
-        n += 1
-        right += int(total.argmin() == label)
-        right_norm += int(mean.argmin() == label)
+        counts += torch.stack([torch.ones_like(counts[0]), total.argmin() == label, mean.argmin() == label])
         if progress and n % 500 == 0:
-            print0(f"{n * world_size:,}/{len(examples):,} examples: acc_norm {right_norm / n:.4f}")
+            print0(f"{n:,}/{len(rendered):,} examples: acc_norm {counts[2].item() / n:.4f}")
     model.train(was_training)
-    counts = torch.tensor([n, right, right_norm], device=device)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(counts)
     n, right, right_norm = counts.tolist()

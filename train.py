@@ -26,8 +26,8 @@ import time
 import numpy as np
 import torch
 
-from common import (BEST, LAST, UserError, checkpoint_name, local_rank0_first, print0, run_main, save_checkpoint,
-                    setup, teardown)
+from common import (BEST, LAST, UserError, all_or_none, checkpoint_name, compile_blocker, local_rank0_first, print0,
+                    run_main, save_checkpoint, setup, teardown)
 from configurator import ConfigError, as_namespace, config_from_globals, load_config
 from data import DROPOUT, EVAL_BATCH, SPLITS, TRAIN_BATCH, data_files, get_batch, meta_vocab_size
 from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, MODEL_ARGS, PADDED_VOCAB_SIZE, GPTConfig, load_model
@@ -172,14 +172,28 @@ def init_optimizer(model, checkpoint, cfg, rt):
         optimizer.load_state_dict(checkpoint['optimizer'])
         for group, setting in zip(optimizer.param_groups, settings):
             group.update(setting)
+            # load_state_dict placed the step counts for the checkpoint's kernel (on the CPU, unless it was fused on
+            # a GPU); the fused kernel wants them beside the parameters
+            if group.get('fused') or group.get('capturable'):
+                for p in group['params']:
+                    if 'step' in optimizer.state.get(p, {}):
+                        optimizer.state[p]['step'] = optimizer.state[p]['step'].to(p.device, torch.float32)
         if checkpoint.get('scaler') and scaler.is_enabled():  # empty when the run was not in float16
             scaler.load_state_dict(checkpoint['scaler'])
     return optimizer, scaler
 
 
 def wrap_model(model, compile, rt):
-    """The model as the training step runs it: compiled where asked, wrapped in DDP under torchrun."""
-    if compile if compile is not None else rt.device_type == 'cuda':
+    """
+    The model as the training step runs it: compiled where asked (compile=None: on CUDA GPUs where it can work),
+    wrapped in DDP under torchrun.
+    """
+    if compile is None and rt.device_type == 'cuda':
+        blocker = compile_blocker(rt.device)
+        if blocker:
+            print0(f"not compiling the model: {blocker}")
+        compile = blocker is None
+    if compile:
         print0("compiling the model... (takes a ~minute)")
         model = torch.compile(model)
     if rt.ddp:
@@ -189,11 +203,22 @@ def wrap_model(model, compile, rt):
 
 
 def load_hellaswag(cfg, model, rt):
-    """The HellaSwag examples to score at each eval: one process per node downloads them, then all read them."""
+    """
+    This process's share of the HellaSwag examples, tokenised once for every eval: one process per node downloads
+    them, then all read them. A failure on any process stops all of them, none is left waiting for another.
+    """
     import hellaswag  # only runs that score it pay for its imports (the tokenizer)
     hellaswag.check_vocab(model)
     local_rank0_first(rt, hellaswag.download_examples)
-    return hellaswag.load_examples(limit=cfg.hellaswag_examples)
+    rendered, error = None, None
+    try:
+        examples = hellaswag.load_examples(limit=cfg.hellaswag_examples)
+        rendered = hellaswag.render_examples(examples[rt.rank::rt.world_size], model.config.block_size,
+                                             hellaswag.gpt2_encode)
+    except UserError as e:
+        error = e
+    all_or_none(rt, error)
+    return rendered
 
 
 # -----------------------------------------------------------------------------
@@ -263,7 +288,7 @@ def evaluate(model, raw_model, files, hellaswag_set, cfg, rt):
     if hellaswag_set:
         # the plain model: the examples' lengths vary, which a compiled model would recompile for
         import hellaswag
-        scores = hellaswag.evaluate(raw_model, hellaswag_set, rt.device, rt.autocast, rt.rank, rt.world_size)
+        scores = hellaswag.evaluate_rendered(raw_model, hellaswag_set, rt.device, rt.autocast)
         line += f", hellaswag acc {scores['acc']:.4f}, acc_norm {scores['acc_norm']:.4f}"
         record.update(hellaswag_acc=scores['acc'], hellaswag_acc_norm=scores['acc_norm'])
     return record, line
@@ -324,18 +349,39 @@ class RunLog:
             self.file.close()
 
 
-def check_stop(nonfinite, stop, iter_num, cfg, rt):
+# float16's GradScaler skips any step whose gradients overflow, the weights untouched, and lowers its scale; a loss
+# that is non-finite this many iterations in a row is not such a passing overflow. Elsewhere one is enough.
+FLOAT16_NONFINITE_LIMIT = 10
+
+
+def count_nonfinite(streaks, step_nonfinite):
+    """(iterations in a row with a non-finite loss up to now, the longest such run): on the device, no sync."""
+    run = (streaks[0] + 1) * step_nonfinite
+    return torch.stack([run, torch.maximum(streaks[1], run)])
+
+
+def nonfinite_error(iter_num, cfg, rt):
+    if rt.dtype != 'float16':
+        what = "the loss became non-finite (nan or inf)"
+    else:
+        what = (f"the loss was non-finite (nan or inf) for {FLOAT16_NONFINITE_LIMIT} iterations in a row (the "
+                f"float16 loss scaler skipped those steps, but the loss did not recover)")
+    return UserError(f"{what} by iteration {iter_num}; stopped without saving, so the last checkpoint in "
+                     f"'{cfg.out_dir}' is intact; lower learning_rate or raise warmup_iters, then resume")
+
+
+def check_stop(streaks, stop, iter_num, cfg, rt):
     """
-    Whether any process was asked to stop; a non-finite loss on any process is a UserError. Under DDP this is a
-    collective: every process must call it at the same iterations.
+    Whether any process was asked to stop. A non-finite loss on any process (in float16, one that persists: see
+    FLOAT16_NONFINITE_LIMIT) is a UserError. Under DDP this is a collective: every process must call it at the
+    same iterations.
     """
-    flags = torch.stack([nonfinite, torch.tensor(stop.requested, device=rt.device)]).float()
+    limit = FLOAT16_NONFINITE_LIMIT if rt.dtype == 'float16' else 1
+    flags = torch.stack([streaks[1] >= limit, torch.tensor(stop.requested, device=rt.device)]).float()
     if rt.ddp:
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
     if flags[0].item():
-        raise UserError(f"the loss became non-finite (nan or inf) by iteration {iter_num}; stopped "
-                        f"without saving, so the last checkpoint in '{cfg.out_dir}' is intact; lower "
-                        f"learning_rate or raise warmup_iters, then resume")
+        raise nonfinite_error(iter_num, cfg, rt)
     return bool(flags[1].item())
 
 
@@ -422,9 +468,9 @@ def train_loop(cfg, rt, stop):
     train_batch = functools.partial(get_batch, files['train'], cfg.batch_size, raw_model.config.block_size,
                                     cfg.seed, TRAIN_BATCH, device=rt.device)
     batch = train_batch(iter_num, rt.rank * accum_steps)
-    # non-finite losses are flagged on the device and checked where the loop syncs anyway
-    nonfinite = torch.zeros((), dtype=torch.bool, device=rt.device)
-    start_iter, t_start, t0 = iter_num, time.time(), time.time()
+    # non-finite losses are counted on the device and checked where the loop syncs anyway
+    nonfinite = torch.zeros(2, dtype=torch.long, device=rt.device)
+    start_iter, t_start, t0, timed_from = iter_num, time.time(), time.time(), iter_num
     stop.armed = not cfg.eval_only
     with RunLog(cfg, rt) as log:
         while True:
@@ -438,8 +484,7 @@ def train_loop(cfg, rt, stop):
                 print0(f"step {iter_num}: {line}")
                 log({'iter': iter_num, **record, 'lr': lr})
                 if not math.isfinite(record['train_loss']) or not math.isfinite(record['val_loss']):
-                    nonfinite |= True
-                    check_stop(nonfinite, stop, iter_num, cfg, rt)
+                    raise nonfinite_error(iter_num, cfg, rt)  # the same losses on every process: all stop here
                 if cfg.eval_only:
                     break
                 improved = record['val_loss'] < best_val_loss
@@ -448,7 +493,7 @@ def train_loop(cfg, rt, stop):
                 if iter_num > start_iter and (improved or cfg.always_save_checkpoint or final):
                     save_run(checkpoint_name(improved, cfg.always_save_checkpoint), raw_model, optimizer, scaler,
                              iter_num, best_val_loss, cfg, rt)
-                t0 = time.time()  # time the training steps alone
+                t0, timed_from = time.time(), iter_num  # time the training steps alone
             if final:
                 break
 
@@ -456,15 +501,15 @@ def train_loop(cfg, rt, stop):
             loss, step_nonfinite, batch = train_step(model, optimizer, scaler, batch, train_batch, iter_num, rt,
                                                      accum_steps, cfg.grad_clip,
                                                      cfg.seed if cfg.dropout > 0 else None)
-            nonfinite |= step_nonfinite
+            nonfinite = count_nonfinite(nonfinite, step_nonfinite)
             iter_num += 1
 
             # ---- log, and stop when asked
-            t1 = time.time()
-            dt, t0 = t1 - t0, t1
             if iter_num % cfg.log_interval == 0 and rt.master:
-                lossf = loss.item()  # the last micro-step's loss; a sync point
-                mfu = raw_model.estimate_mfu(cfg.batch_size * accum_steps, dt)  # this process, against one device
+                lossf = loss.item()  # the last micro-step's loss; waits for the device, so the clock counts its work
+                t1 = time.time()
+                dt, t0, timed_from = (t1 - t0) / (iter_num - timed_from), t1, iter_num  # per iteration since then
+                mfu = raw_model.estimate_mfu(cfg.batch_size * accum_steps, dt, rt.dtype)  # this process, one device
                 eta = (time.time() - t_start) / (iter_num - start_iter) * (cfg.max_iters - iter_num)
                 mfu_text = f"{mfu * 100:.2f}%" if mfu is not None else 'n/a'
                 print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, "

@@ -113,6 +113,22 @@ def test_processes_share_the_examples():
         assert sum(p[key] * p['examples'] for p in parts) == pytest.approx(whole[key] * 7)
 
 
+def test_scoring_reads_the_device_once_not_at_every_example(monkeypatch):
+    """On a GPU each read of a result (.item(), int(), bool()) waits for the device: one at the end is enough."""
+    model = tiny_gpt()
+    examples = [{'ctx': f"Example {i}:", 'endings': ["a b", "cd", "e f g", "hij"], 'label': i % 4} for i in range(6)]
+    rendered = hellaswag.render_examples(examples, model.config.block_size, char_encode)
+    reads = []
+    for name in ('item', 'tolist', '__int__', '__bool__', '__float__', '__index__'):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _real=real, _name=name:
+                            reads.append(_name) or _real(self, *a))
+    result = hellaswag.evaluate_rendered(model, rendered)
+    monkeypatch.undo()
+    assert result == hellaswag.evaluate(model, examples, encode=char_encode)
+    assert len(reads) == 1
+
+
 def test_render_with_gpt2_bpe():
     needs_tiktoken_cache()
     example = {'ctx': "Once upon a", 'endings': ["time", "time there", "x", "y"], 'label': 0}

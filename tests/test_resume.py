@@ -57,6 +57,44 @@ def test_nonfinite_loss_stops_and_keeps_the_good_checkpoint(char_data, monkeypat
     assert (char_data / 'out' / 'ckpt.pt').read_bytes() == good
 
 
+def poison_training_losses(monkeypatch, iterations, accum_steps=2):
+    """Make the training loss nan at the given iterations (counted from 1 in this run); evaluation is untouched."""
+    forward, calls = GPT.forward, []
+
+    def poisoned(self, idx, targets=None):
+        logits, loss = forward(self, idx, targets)
+        if loss is None or not self.training:
+            return logits, loss
+        calls.append(None)
+        return logits, (loss * float('nan') if (len(calls) - 1) // accum_steps + 1 in iterations else loss)
+    monkeypatch.setattr(GPT, 'forward', poisoned)
+
+
+def test_float16_rides_out_a_few_skipped_steps(char_data, monkeypatch):
+    """The GradScaler skips a step whose loss overflowed, leaving the weights as they were: that is no reason to stop."""
+    monkeypatch.chdir(char_data)
+    poison_training_losses(monkeypatch, {3, 4})
+    result = train.train(tiny_cfg(char_data, max_iters=8, dtype='float16'))
+    assert result['iter_num'] == 8
+    checkpoint = load_checkpoint(str(char_data / 'out' / 'ckpt.pt'))
+    assert checkpoint['iter_num'] == 8 and all(torch.isfinite(v).all() for v in checkpoint['model'].values())
+    assert checkpoint['scaler']['scale'] == 2.0 ** 16 / 4  # halved once for each skipped step
+
+
+def test_float16_stops_when_the_loss_stays_non_finite(char_data, monkeypatch):
+    monkeypatch.chdir(char_data)
+    train.train(tiny_cfg(char_data, max_iters=4, dtype='float16'))
+    good = load_checkpoint(str(char_data / 'out' / 'ckpt.pt'))['model']
+    poison_training_losses(monkeypatch, set(range(1, 100)))
+    with pytest.raises(UserError, match=r'non-finite \(nan or inf\) for 10 iterations in a row \(the float16 loss '
+                                        r'scaler skipped those steps.*by iteration 14; stopped without saving'):
+        train.train(tiny_cfg(char_data, max_iters=20, dtype='float16', init_from='resume'))
+    # what was saved meanwhile (at iterations 8 and 12) holds the weights the skipped steps left untouched
+    saved = load_checkpoint(str(char_data / 'out' / 'ckpt.pt'))
+    assert saved['iter_num'] == 12
+    assert all(torch.equal(saved['model'][k], v) for k, v in good.items())
+
+
 def test_diverging_run_exits_with_one_line(char_data):
     r = run_script('train.py', *TINY, '--out_dir=out', '--max_iters=20', '--learning_rate=1e30', '--grad_clip=0.0',
                    '--warmup_iters=0', cwd=char_data)
