@@ -71,7 +71,7 @@ def poison_training_losses(monkeypatch, iterations, accum_steps=2):
 
 
 def test_float16_rides_out_a_few_skipped_steps(char_data, monkeypatch):
-    """The GradScaler skips a step whose loss overflowed, leaving the weights as they were: that is no reason to stop."""
+    """The GradScaler skips a step whose loss overflowed, the weights left as they were: no reason to stop."""
     monkeypatch.chdir(char_data)
     poison_training_losses(monkeypatch, {3, 4})
     result = train.train(tiny_cfg(char_data, max_iters=8, dtype='float16'))
