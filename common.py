@@ -138,8 +138,9 @@ def setup(device='auto', dtype='auto', backend='auto'):
     if ddp and device_type == 'cuda':
         device = f'cuda:{local_rank}'  # one GPU per process
     if device_type == 'cuda':
-        # the current device is where pinned memory, synchronize and new contexts go: make it ours, not GPU 0
-        torch.cuda.set_device(device)
+        if torch.device(device).index is not None:  # plain 'cuda' is the current GPU already
+            # the current GPU is where pinned memory, synchronize and new contexts go: make it ours, not GPU 0
+            torch.cuda.set_device(device)
         # TF32 matmuls: float32 work runs on the tensor cores with 10-bit mantissas, several times faster
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

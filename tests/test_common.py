@@ -18,8 +18,10 @@ class SimpleGPUs:
         self.set_device_calls = []
 
     def set_device(self, device):
+        if torch.device(device).index is None:  # as torch.cuda.set_device
+            raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")
         self.set_device_calls.append(str(device))
-        self.current = torch.device(device).index or 0
+        self.current = torch.device(device).index
 
     def get_device_capability(self, device=None):
         index = self.current if device is None else torch.device(device).index
@@ -64,6 +66,13 @@ def test_a_single_process_makes_its_gpu_current_and_probes_that_one(fake_gpus, m
     assert fake_gpus.set_device_calls == ['cuda:1'] and fake_gpus.current == 1
     assert rt.device == 'cuda:1' and rt.dtype == 'bfloat16'
     assert torch.backends.cuda.matmul.allow_tf32
+
+
+def test_plain_cuda_is_the_current_gpu(fake_gpus, monkeypatch):
+    monkeypatch.delenv('RANK', raising=False)
+    fake_gpus.capability = [(7, 5), (8, 0)]
+    rt = common.setup('cuda', 'auto')
+    assert rt.device == 'cuda' and rt.dtype == 'float16' and fake_gpus.current == 0
 
 
 def test_the_process_group_waits_long_enough_for_a_download_or_a_checkpoint(monkeypatch):
