@@ -49,9 +49,13 @@ def tiny_gpt(seed=0, **overrides):
 
 
 def test_auto_dtype_and_the_current_device(keep_tf32):
-    last = torch.cuda.device_count() - 1
-    rt = setup(f'{DEVICE}:{last}', 'auto')
-    assert torch.cuda.current_device() == last  # nothing lands on GPU 0 by default
+    last, current = torch.cuda.device_count() - 1, torch.cuda.current_device()
+    try:
+        rt = setup(f'{DEVICE}:{last}', 'auto')
+        assert torch.cuda.current_device() == last  # nothing lands on GPU 0 by default
+        assert setup(DEVICE, 'float32').device == DEVICE  # plain 'cuda': the current GPU
+    finally:
+        torch.cuda.set_device(current)
     native_bf16 = torch.version.hip or torch.cuda.get_device_capability(last) >= (8, 0)
     assert rt.dtype == ('bfloat16' if native_bf16 else 'float16')
 
