@@ -4,16 +4,14 @@ with one graph for training and one for evaluation, a checkpoint written on a CP
 fused AdamW, and generation with the KV cache against without it. Skipped, and reported as skipped, where CUDA is
 absent; the parts of the same fixes that a CPU can check are tested in the other files.
 """
-import json
-import os
-
 import pytest
 import torch
 
 import train
 from common import load_checkpoint, setup
 from data import TRAIN_BATCH, get_batch
-from model import GPT, GPTConfig, sample_next
+from helpers import read_log, tiny_model, tiny_run
+from model import sample_next
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 
@@ -21,17 +19,13 @@ DEVICE = 'cuda'
 
 
 def gpu_cfg(workdir, **overrides):
-    cfg = dict(train.DEFAULTS, dataset='shakespeare_char', device=DEVICE, compile=False, n_layer=2, n_head=2,
-               n_embd=32, block_size=32, batch_size=4, gradient_accumulation_steps=2, eval_iters=2,
-               eval_interval=4, log_interval=1, warmup_iters=2, lr_decay_iters=20, learning_rate=3e-3,
-               dropout=0.0, out_dir=str(workdir / 'out'))
-    cfg.update(overrides)
-    return cfg
+    """The tiny run, with accumulation, on the GPU."""
+    return tiny_run(workdir / 'out', **dict(dict(device=DEVICE, gradient_accumulation_steps=2, eval_iters=2,
+                                                 eval_interval=4), **overrides))
 
 
 def logged_losses(out_dir):
-    with open(os.path.join(out_dir, 'log.jsonl')) as f:
-        return [r['loss'] for r in map(json.loads, f) if 'loss' in r]
+    return [r['loss'] for r in read_log(out_dir) if 'loss' in r]
 
 
 @pytest.fixture
@@ -41,11 +35,8 @@ def keep_tf32(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', torch.backends.cudnn.allow_tf32)
 
 
-def tiny_gpt(seed=0, **overrides):
-    torch.manual_seed(seed)
-    args = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64, dropout=0.0)
-    args.update(overrides)
-    return GPT(GPTConfig(**args))
+def tiny_gpt(seed=0):
+    return tiny_model(seed, block_size=32, vocab_size=64)
 
 
 def test_auto_dtype_and_the_current_device(keep_tf32):

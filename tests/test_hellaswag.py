@@ -2,12 +2,14 @@
 
 import json
 import math
+from contextlib import nullcontext
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.nn import functional as F
 
+import common
 import hellaswag
 import train
 from common import UserError
@@ -200,6 +202,29 @@ def test_train_scores_hellaswag_at_each_eval(tmp_path, monkeypatch, capsys):
     assert evals[-1]['hellaswag_acc_norm'] == expected['acc_norm']
     assert all(r['hellaswag_acc_norm'] * 4 == int(r['hellaswag_acc_norm'] * 4) for r in evals)  # 4 examples
     assert "step 1: train loss" in capsys.readouterr().out
+
+
+def test_hellaswag_is_tokenised_once_and_a_failure_elsewhere_stops_this_process(monkeypatch):
+    examples = [{'ctx': 'The cat', 'endings': ['sat.', 'flew.', 'sang.', 'ran.'], 'label': 0}] * 3
+    encoded = []
+    monkeypatch.setattr(hellaswag, 'download_examples', lambda: None)
+    monkeypatch.setattr(hellaswag, 'load_examples', lambda limit=None: examples)
+    monkeypatch.setattr(hellaswag, 'gpt2_encode', lambda text: encoded.append(text) or [ord(c) for c in text])
+    model = tiny_model(block_size=32, vocab_size=50304)
+    cfg = SimpleNamespace(hellaswag_examples=None)
+    rendered = train.load_hellaswag(cfg, model, common.Runtime('cpu', 'cpu', 'float32', nullcontext()))
+    n = len(encoded)
+    assert n == 3 * 5  # each example's context and four endings
+    first = hellaswag.evaluate_rendered(model, rendered)
+    assert hellaswag.evaluate_rendered(model, rendered) == first and len(encoded) == n
+    assert first == hellaswag.evaluate(model, examples, encode=lambda t: [ord(c) for c in t])
+
+    # under DDP, when another process's tokenizer failed, this one stops too instead of waiting at the first eval
+    monkeypatch.setattr(train, 'local_rank0_first', lambda rt, fn: None)
+    monkeypatch.setattr(torch.distributed, 'all_reduce', lambda tensor, op=None: tensor.fill_(1.0))
+    rt = common.Runtime('cpu', 'cpu', 'float32', nullcontext(), ddp=True, rank=1, local_rank=1, world_size=2)
+    with pytest.raises(UserError, match='another process failed'):
+        train.load_hellaswag(cfg, model, rt)
 
 
 def test_hellaswag_needs_a_gpt2_vocabulary(char_data, monkeypatch):

@@ -11,8 +11,8 @@ import train
 from common import Runtime, load_checkpoint
 from data import load_meta
 from data import TRAIN_BATCH, get_batch
-from helpers import TINY, read_log, run_script, tiny_run
-from model import GPT, GPTConfig
+from helpers import TINY, read_log, run_script, tiny_config, tiny_model, tiny_run
+from model import GPT
 
 
 def lr_cfg(**kw):
@@ -171,7 +171,7 @@ def test_resuming_on_a_gpu_puts_the_step_counts_where_the_fused_kernel_wants_the
     run turns the fused kernel on, which fails on them. The meta device stands in for the GPU.
     """
     torch.manual_seed(0)
-    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32, dropout=0.0)
+    config = tiny_config(block_size=8)
     cpu_model = GPT(config)
     cpu_optimizer = cpu_model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
     cpu_model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))[1].backward()
@@ -201,7 +201,7 @@ def fake_gpu(monkeypatch):
 
 
 def test_compile_is_on_by_default_on_a_gpu_where_it_works(fake_gpu):
-    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32))
+    model = tiny_model()
     assert train.wrap_model(model, None, fake_gpu) is not model  # compiled (lazily: nothing runs until called)
     assert train.wrap_model(model, False, fake_gpu) is model
 
@@ -220,7 +220,7 @@ def test_compile_is_off_by_default_where_it_cannot_work_and_says_why(fake_gpu, m
         monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None)
     else:
         monkeypatch.setattr(torch._dynamo, 'is_dynamo_supported', lambda: False)
-    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32))
+    model = tiny_model()
     assert train.wrap_model(model, None, fake_gpu) is model
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('not compiling the model') and reason in lines[0]
@@ -259,36 +259,10 @@ def test_logged_step_time_includes_the_device_work(char_data, monkeypatch):
         clock.now += 0.001  # enqueueing
         return SyncedLoss(loss), nonfinite, batch
     monkeypatch.setattr(train, 'train_step', step)
-    cfg = dict(train.DEFAULTS, dataset='shakespeare_char', device='cpu', compile=False, n_layer=1, n_head=2,
-               n_embd=16, block_size=16, batch_size=2, gradient_accumulation_steps=1, eval_iters=1,
-               eval_interval=100, max_iters=6, warmup_iters=1, lr_decay_iters=6, out_dir=str(char_data / 'out'))
+    cfg = tiny_run(char_data / 'out', eval_iters=1, eval_interval=100, max_iters=6)
     for log_interval in (1, 3):
         train.train(dict(cfg, log_interval=log_interval))
         ms = [r['ms'] for r in read_log(char_data / 'out') if 'ms' in r]
         # every iteration's device work is counted once: with log_interval 3, the mean over the 3 since the last line
         expected = 1001.0 if log_interval == 1 else (3 * 0.001 + 1.0) / 3 * 1000
         assert len(ms) == 6 // log_interval and ms == pytest.approx([expected] * len(ms))
-
-
-def test_hellaswag_is_tokenised_once_and_a_failure_elsewhere_stops_this_process(monkeypatch):
-    import hellaswag
-    examples = [{'ctx': 'The cat', 'endings': ['sat.', 'flew.', 'sang.', 'ran.'], 'label': 0}] * 3
-    encoded = []
-    monkeypatch.setattr(hellaswag, 'download_examples', lambda: None)
-    monkeypatch.setattr(hellaswag, 'load_examples', lambda limit=None: examples)
-    monkeypatch.setattr(hellaswag, 'gpt2_encode', lambda text: encoded.append(text) or [ord(c) for c in text])
-    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=50304))
-    cfg = SimpleNamespace(hellaswag_examples=None)
-    rendered = train.load_hellaswag(cfg, model, Runtime('cpu', 'cpu', 'float32', nullcontext()))
-    n = len(encoded)
-    assert n == 3 * 5  # each example's context and four endings
-    first = hellaswag.evaluate_rendered(model, rendered)
-    assert hellaswag.evaluate_rendered(model, rendered) == first and len(encoded) == n
-    assert first == hellaswag.evaluate(model, examples, encode=lambda t: [ord(c) for c in t])
-
-    # under DDP, when another process's tokenizer failed, this one stops too instead of waiting at the first eval
-    monkeypatch.setattr(train, 'local_rank0_first', lambda rt, fn: None)
-    monkeypatch.setattr(torch.distributed, 'all_reduce', lambda tensor, op=None: tensor.fill_(1.0))
-    rt = Runtime('cpu', 'cpu', 'float32', nullcontext(), ddp=True, rank=1, local_rank=1, world_size=2)
-    with pytest.raises(train.UserError, match='another process failed'):
-        train.load_hellaswag(cfg, model, rt)
