@@ -73,6 +73,10 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         # the fused kernel (flash / memory-efficient attention) exists from PyTorch 2.0 on
         self.flash = hasattr(F, 'scaled_dot_product_attention')
+        # keep_att=True (explain.py sets it) takes the explicit path and keeps its weights in self.att; the fused
+        # kernel never materialises them. Plain attributes, not buffers, so the state dict does not change.
+        self.keep_att = False
+        self.att = None
 
     def forward(self, x, kv_cache=None):
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
@@ -85,7 +89,7 @@ class CausalSelfAttention(nn.Module):
             assert kv_cache.len == 0 or T == 1, "feed a cache one token at a time after the prompt"
             k, v = kv_cache.append(k, v)  # (B, nh, L, hs): the cached tokens' keys and values, then these
         L = k.size(2)
-        if self.flash:
+        if self.flash and not self.keep_att:
             # is_causal masks a square (T == L); a single new token (T == 1) may see every cached one
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0.0, is_causal=T > 1)
@@ -96,6 +100,8 @@ class CausalSelfAttention(nn.Module):
                 causal = torch.ones(T, L, dtype=torch.bool, device=x.device).tril()
                 att = att.masked_fill(~causal, float('-inf'))
             att = F.softmax(att, dim=-1)
+            if self.keep_att:
+                self.att = att.detach()
             att = self.attn_dropout(att)
             y = att @ v  # (B, nh, T, L) x (B, nh, L, hs) -> (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
@@ -204,21 +210,25 @@ def peak_flops(device_type, device_name='', dtype='bfloat16'):
     return None
 
 
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick one token per row of logits (b, vocab_size): returns (b, 1)."""
-    if temperature == 0 or top_k == 1:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
+def filter_logits(logits, top_k=None, top_p=None):
+    """New logits (b, vocab_size) with the tokens that top_k, then top_p, leave out set to -inf."""
     if top_k is not None:
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits[logits < v[:, [-1]]] = -float('Inf')
+        logits = logits.masked_fill(logits < v[:, [-1]], -float('Inf'))
     if top_p is not None and top_p < 1.0:
         sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
         sorted_probs = F.softmax(sorted_logits, dim=-1)
         # drop a token once the more likely ones add up to more than top_p; the most likely one always stays
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
         logits = logits.scatter(-1, sorted_idx, sorted_logits.masked_fill(drop, -float('Inf')))
-    probs = F.softmax(logits, dim=-1)
+    return logits
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick one token per row of logits (b, vocab_size): returns (b, 1)."""
+    if temperature == 0 or top_k == 1:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = F.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
     if generator is not None and generator.device != probs.device:
         # multinomial draws on its generator's device: a CPU generator samples GPU logits on the CPU
         return torch.multinomial(probs.to(generator.device), 1, generator=generator).to(probs.device)
