@@ -6,23 +6,11 @@ import pytest
 import torch
 
 import sample
-from common import UserError, save_checkpoint
+from common import UserError
 from data import load_meta
 from configurator import ConfigError, parse_config
 from helpers import needs_tiktoken_cache
-from model import GPT, GPTConfig
-
-
-@pytest.fixture
-def char_ckpt(char_data, monkeypatch):
-    """A random char-level model saved as out/ckpt.pt, with char_data (holding data/shakespeare_char) as cwd."""
-    monkeypatch.chdir(char_data)
-    vocab_size = load_meta(os.path.join('data', 'shakespeare_char', 'meta.pkl'))['vocab_size']
-    model_args = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, bias=False, vocab_size=vocab_size)
-    model = GPT(GPTConfig(**model_args))
-    os.makedirs('out')
-    save_checkpoint({'model': model.state_dict(), 'model_args': model_args,
-                     'config': {'dataset': 'shakespeare_char'}}, os.path.join('out', 'ckpt.pt'))
+from model import GPT
 
 
 def sample_cfg(**overrides):
