@@ -7,7 +7,8 @@ $ python train.py config/override_file.py --batch_size=32 --compile=False
 A config file is plain Python; its top-level assignments override the defaults, and it may use the
 values set before it (e.g. `gradient_accumulation_steps = 5 * 8`). An argument's value is read as a
 Python literal (1e-3, False, None, 'x'); anything that is not a literal is taken as a string, so
---start=Once upon a time needs no extra quotes.
+--start=Once upon a time needs no extra quotes. A setting whose default is a list (of strings) may be
+given several times, --input=a.txt --input=b.txt, each value taken as written.
 """
 
 import ast
@@ -43,6 +44,8 @@ def _check(key, value, defaults, types):
     expected = expected if isinstance(expected, tuple) else (expected,)
     if float in expected and type(value) is int:
         return float(value)  # --learning_rate=1 means 1.0
+    if list in expected and type(value) is list and not all(isinstance(x, str) for x in value):
+        raise ConfigError(f"{key}={value!r} must be a list of strings")
     if type(value) in expected:  # exact: a bool is not accepted where an int is expected, nor 1 for True
         return value
     raise ConfigError(f"{key}={value!r} has type {type(value).__name__}; expected {_type_name(expected)}")
@@ -93,6 +96,7 @@ def parse_config(defaults, argv, types=None):
     """
     types = types or {}
     config = dict(defaults)
+    listed = set()  # the list settings given on the command line so far
     for arg in argv:
         if not arg.startswith('--'):
             _apply_file(arg, config, defaults, types)
@@ -100,6 +104,11 @@ def parse_config(defaults, argv, types=None):
         key, sep, text = arg[2:].partition('=')  # split on the first '=' only: values may contain '='
         if not sep:
             raise ConfigError(f"argument '{arg}' has no value; write --{key}=VALUE")
+        if isinstance(defaults.get(key), list):
+            # each occurrence adds one value; together they replace the list of the defaults and config files
+            config[key] = (config[key] if key in listed else []) + [text]
+            listed.add(key)
+            continue
         config[key] = _check(key, _parse_value(key, text, defaults, types), defaults, types)
     return config
 
@@ -107,7 +116,7 @@ def parse_config(defaults, argv, types=None):
 def config_from_globals(namespace):
     """The settings block of a script: its top-level lowercase names holding plain values (not CONSTANTS)."""
     return {k: v for k, v in namespace.items()
-            if k.islower() and not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))}
+            if k.islower() and not k.startswith('_') and isinstance(v, (int, float, bool, str, list, type(None)))}
 
 
 def load_config(defaults, argv=None, types=None):

@@ -112,9 +112,30 @@ def test_config_file_syntax_error(tmp_path):
 
 
 def test_config_from_globals_takes_plain_values_only():
-    namespace = {'a': 1, 'b': 'x', 'c': None, 'd': 1.5, 'e': True, '_private': 1, 'f': [1], 'g': print,
-                 'HEADER_BYTES': 1024}
-    assert config_from_globals(namespace) == {'a': 1, 'b': 'x', 'c': None, 'd': 1.5, 'e': True}
+    namespace = {'a': 1, 'b': 'x', 'c': None, 'd': 1.5, 'e': True, '_private': 1, 'f': ['x'], 'g': print,
+                 'h': {'k': 1}, 'HEADER_BYTES': 1024}
+    assert config_from_globals(namespace) == {'a': 1, 'b': 'x', 'c': None, 'd': 1.5, 'e': True, 'f': ['x']}
+
+
+def test_a_list_setting_given_several_times_collects_its_values(tmp_path):
+    defaults = {'input': [], 'dataset': ''}
+    assert parse_config(defaults, [])['input'] == []
+    assert parse_config(defaults, ['--input=a.txt'])['input'] == ['a.txt']
+    # each value as written: a comma, a number or brackets stay text
+    c = parse_config(defaults, ['--input=a.txt', '--dataset=x', '--input=b,c.txt', '--input=42', '--input=[1]'])
+    assert c['input'] == ['a.txt', 'b,c.txt', '42', '[1]'] and c['dataset'] == 'x'
+    # a config file sets the whole list; the command line's values replace it
+    path = tmp_path / 'cfg.py'
+    path.write_text("input = ['docs', 'more.jsonl']\n")
+    assert parse_config(defaults, [str(path)])['input'] == ['docs', 'more.jsonl']
+    assert parse_config(defaults, [str(path), '--input=c.txt', '--input=d.txt'])['input'] == ['c.txt', 'd.txt']
+    assert defaults['input'] == []  # the defaults are never changed in place
+    path.write_text("input = ['a', 1]\n")
+    with pytest.raises(ConfigError, match='must be a list of strings'):
+        parse_config(defaults, [str(path)])
+    path.write_text("input = 'a.txt'\n")
+    with pytest.raises(ConfigError, match='has type str; expected list'):
+        parse_config(defaults, [str(path)])
 
 
 def test_shipped_config_files_are_valid():
