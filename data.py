@@ -1,11 +1,16 @@
 """
 Token files, written by data/*/prepare.py and read by train.py: nanoGPT's headerless uint16 '{split}.bin',
-llm.c's headered shards (FineWeb), a char-level dataset's meta.pkl, and the random batches drawn from them.
+llm.c's headered shards (FineWeb), a dataset's meta.pkl (its vocabulary), and the random batches drawn from them;
+and what the prepare scripts share to write them: whole files or none, worker processes, a progress line.
 """
 
+import collections
 import glob
 import os
 import pickle
+import sys
+import time
+from multiprocessing import Pool
 
 import numpy as np
 import torch
@@ -18,7 +23,7 @@ TRAIN_BATCH, EVAL_BATCH, DROPOUT = 0, 1, 2
 
 
 # -----------------------------------------------------------------------------
-# meta.pkl: the character vocabulary of a char-level dataset
+# meta.pkl: a dataset's own vocabulary (none for GPT-2's BPE): nanoGPT's characters, or a BPE's tokenizer file
 
 class _PlainUnpickler(pickle.Unpickler):
     """Loads plain data only (dicts, lists, strings, numbers); any class or function is refused."""
@@ -28,21 +33,165 @@ class _PlainUnpickler(pickle.Unpickler):
 
 
 def load_meta(path):
-    """Read meta.pkl (vocab_size, itos, stoi) without running code from it."""
+    """
+    Read meta.pkl without running code from it: vocab_size, and either itos and stoi (characters) or tokenizer,
+    the name of a Hugging Face tokenizers file beside it (data/prepare_text.py's bpe).
+    """
     try:
         with open(path, 'rb') as f:
             meta = _PlainUnpickler(f).load()
     except (pickle.UnpicklingError, EOFError, ValueError) as e:
         raise UserError(f"'{path}' is damaged or holds more than plain data ({e}); run prepare.py again") from None
-    if not isinstance(meta, dict) or not {'vocab_size', 'itos', 'stoi'} <= meta.keys():
-        raise UserError(f"'{path}' lacks vocab_size, itos or stoi; run prepare.py again")
+    if not isinstance(meta, dict) or 'vocab_size' not in meta or \
+            not ({'itos', 'stoi'} <= meta.keys() or 'tokenizer' in meta):
+        raise UserError(f"'{path}' lacks vocab_size, and itos and stoi or tokenizer; run prepare.py again")
     return meta
+
+
+def import_tokenizers():
+    """Hugging Face's tokenizers, an optional dependency: only datasets with a BPE of their own need it."""
+    try:
+        import tokenizers
+    except ImportError:
+        raise UserError("a BPE of the dataset's own needs Hugging Face's tokenizers: pip install tokenizers") from None
+    return tokenizers
+
+
+def load_tokenizer(path):
+    """A dataset's BPE, saved by Hugging Face's tokenizers."""
+    tokenizers = import_tokenizers()
+    if not os.path.isfile(path):
+        raise UserError(f"the dataset's tokenizer file '{path}' is missing; prepare the dataset again")
+    return tokenizers.Tokenizer.from_file(path)
 
 
 def meta_vocab_size(data_dir):
     """The vocabulary size in the dataset's meta.pkl, or None for a dataset without one (GPT-2's BPE)."""
     path = os.path.join(data_dir, 'meta.pkl')
     return load_meta(path)['vocab_size'] if os.path.exists(path) else None
+
+
+# -----------------------------------------------------------------------------
+# writing a dataset: whole files or none, tokenized in worker processes, with a progress line
+
+class DatasetFiles:
+    """
+    A dataset's files, written under temporary names and renamed into place together at the end, so that a
+    failed or interrupted run leaves no half-written file under a real name, and an older dataset there whole.
+
+        with DatasetFiles(data_dir) as out:
+            out.write_tokens('train.bin', ids)  # appends; call as often as needed
+            out.write_meta(meta)
+
+    On leaving the block without an error the files are renamed into place, and the names in `replaces` that
+    were not written this time are deleted (an old meta.pkl must not outlive its tokens); on an error the
+    temporary files are deleted.
+    """
+
+    def __init__(self, data_dir, replaces=()):
+        self.data_dir, self.replaces, self.paths, self.handles = data_dir, replaces, {}, {}
+
+    def temp_path(self, name):
+        """Where name is written until the end; named for this process, so two writers never share a file."""
+        if name not in self.paths:
+            os.makedirs(self.data_dir, exist_ok=True)
+            self.paths[name] = os.path.join(self.data_dir, f'{name}.{os.getpid()}.tmp')
+        return self.paths[name]
+
+    def open(self, name):
+        if name not in self.handles:
+            self.handles[name] = open(self.temp_path(name), 'wb')
+        return self.handles[name]
+
+    def write_tokens(self, name, ids):
+        """Append token ids to name as uint16; returns how many."""
+        ids = np.asarray(ids)
+        assert ids.ndim == 1 and (len(ids) == 0 or 0 <= ids.min() <= ids.max() < 2 ** 16), 'not uint16 ids'
+        self.open(name).write(ids.astype(np.uint16).tobytes())
+        return len(ids)
+
+    def write_meta(self, meta):
+        pickle.dump(meta, self.open('meta.pkl'))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        for f in self.handles.values():
+            f.close()
+        if exc_type is not None:
+            for path in self.paths.values():
+                if os.path.exists(path):
+                    os.remove(path)
+            return
+        for name, path in self.paths.items():
+            os.replace(path, os.path.join(self.data_dir, name))
+        for name in self.replaces:
+            if name not in self.paths and os.path.exists(os.path.join(self.data_dir, name)):
+                os.remove(os.path.join(self.data_dir, name))
+
+
+def encode_pieces(encode, pieces, eot=None):
+    """
+    The tokens of pieces of documents, (text, ends_document) pairs, as one uint16 array: encode(text) of each
+    piece, and the end-of-text token eot after each document's last piece (none where eot is None).
+    """
+    parts = []
+    for text, ends_document in pieces:
+        parts.append(np.asarray(encode(text), dtype=np.uint16))
+        if ends_document and eot is not None:
+            parts.append(np.array([eot], dtype=np.uint16))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
+
+
+def ordered_map(fn, tasks, num_proc=1, initializer=None, initargs=()):
+    """
+    fn(task) for each task, in the tasks' order, computed in num_proc worker processes (or in this one for 1).
+    Tasks are handed out as results are taken, at most two per worker ahead, so memory stays flat whatever
+    the number of tasks; the workers are stopped when the results are all taken or the caller stops early.
+    """
+    if num_proc <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        yield from map(fn, tasks)
+        return
+    with Pool(num_proc, initializer, initargs) as pool:  # leaving the block terminates the workers
+        pending = collections.deque()
+        for task in tasks:
+            pending.append(pool.apply_async(fn, (task,)))
+            if len(pending) >= 2 * num_proc:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+class Progress:
+    """
+    A progress line on stderr for a long job: done of total (bytes or documents), the rate and the time left.
+    Shown only once the job has run for `delay` seconds, then redrawn at most twice a second.
+    """
+
+    def __init__(self, label, total, unit='bytes', delay=2.0):
+        self.label, self.total, self.unit, self.delay = label, total, unit, delay
+        self.start, self.last, self.shown = time.time(), 0.0, False
+
+    def _amount(self, n):
+        return f'{n / 1e6:,.1f} MB' if self.unit == 'bytes' else f'{n:,} {self.unit}'
+
+    def __call__(self, done, note=''):
+        now = time.time()
+        if now - self.start < self.delay or (now - self.last < 0.5 and done < self.total):
+            return
+        rate = done / max(now - self.start, 1e-9)
+        left = f', {(self.total - done) / rate:,.0f} s left' if rate > 0 else ''
+        print(f'\r{self.label}: {self._amount(done)} of {self._amount(self.total)} '
+              f'({100 * done / max(self.total, 1):.0f}%), {self._amount(int(rate))}/s{left}{note}   ',
+              end='', file=sys.stderr, flush=True)
+        self.last, self.shown = now, True
+
+    def close(self):
+        if self.shown:
+            print(file=sys.stderr)
 
 
 # -----------------------------------------------------------------------------

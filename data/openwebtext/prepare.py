@@ -16,13 +16,12 @@ $ python data/openwebtext/prepare.py 16     # 16 workers
 import math
 import os
 import sys
-import time
-from multiprocessing import Pool
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 from common import UserError, gpt2_encoding, run_main  # noqa: E402
+from data import DatasetFiles, Progress, encode_pieces, ordered_map  # noqa: E402
 
 VAL_FRACTION = 0.0005
 SPLIT_SEED = 2357
@@ -40,16 +39,6 @@ def split_indices(num_docs, val_fraction=VAL_FRACTION, seed=SPLIT_SEED):
     return {'train': permutation[num_val:], 'val': permutation[:num_val]}
 
 
-def encode_documents(texts):
-    """The GPT-2 BPE tokens of some documents, each followed by end-of-text, as one uint16 array."""
-    enc = gpt2_encoding()  # loaded once per process, then cached by tiktoken
-    ids = []
-    for text in texts:
-        ids.extend(enc.encode_ordinary(text))
-        ids.append(enc.eot_token)
-    return np.array(ids, dtype=np.uint16)  # GPT-2's 50257 token ids fit in 16 bits
-
-
 # each worker process holds the documents and receives only lists of indices, so little crosses processes
 _documents = None
 
@@ -60,48 +49,33 @@ def _init_worker(documents):
 
 
 def _encode_batch(indices):
-    return encode_documents([_documents[i] for i in indices])
+    """The GPT-2 BPE tokens of some documents, each followed by end-of-text, as one uint16 array."""
+    enc = gpt2_encoding()  # loaded once per process, then cached by tiktoken
+    return encode_pieces(enc.encode_ordinary, [(_documents[i], True) for i in indices], enc.eot_token)
 
 
-def write_split(path, documents, indices, num_proc=1, batch_docs=BATCH_DOCS):
+def write_split(out, name, documents, indices, num_proc=1, batch_docs=BATCH_DOCS):
     """
-    Tokenize documents[i] for i in indices, in worker processes, and write the tokens to path in that order.
-    Each batch is appended as it comes back, so memory stays flat and the total need not be known first;
-    the file appears under its name only when complete. Returns the number of tokens.
+    Tokenize documents[i] for i in indices, in worker processes, and append the tokens to out's file name in
+    that order, each batch as it comes back, so memory stays flat. Returns the number of tokens.
     """
     batches = (indices[i:i + batch_docs] for i in range(0, len(indices), batch_docs))
-    tmp = f'{path}.tmp'
-    num_tokens, docs_done, last = 0, 0, 0.0
-    with open(tmp, 'wb') as f:
-        if num_proc > 1:
-            pool = Pool(num_proc, initializer=_init_worker, initargs=(documents,))
-            results = pool.imap(_encode_batch, batches)  # imap keeps the batches in order
-        else:
-            pool = None
-            _init_worker(documents)
-            results = map(_encode_batch, batches)
-        try:
-            for ids in results:
-                f.write(ids.tobytes())
-                num_tokens += len(ids)
-                docs_done = min(docs_done + batch_docs, len(indices))
-                if time.time() - last > 0.5 or docs_done == len(indices):
-                    print(f"\r{os.path.basename(path)}: {docs_done:,}/{len(indices):,} documents, "
-                          f"{num_tokens:,} tokens", end='', file=sys.stderr, flush=True)
-                    last = time.time()
-        finally:
-            if pool is not None:
-                pool.terminate()
-        print(file=sys.stderr)
-    os.replace(tmp, path)
+    progress = Progress(name, len(indices), 'documents', delay=0)
+    num_tokens, docs_done = 0, 0
+    for ids in ordered_map(_encode_batch, batches, num_proc, _init_worker, (documents,)):
+        num_tokens += out.write_tokens(name, ids)
+        docs_done = min(docs_done + batch_docs, len(indices))
+        progress(docs_done, f', {num_tokens:,} tokens')
+    progress.close()
     return num_tokens
 
 
 def prepare(data_dir, documents, num_proc=1, batch_docs=BATCH_DOCS):
     """Write train.bin and val.bin for documents (a sequence of texts: documents[i] is the i-th one)."""
-    for split, indices in split_indices(len(documents)).items():
-        num_tokens = write_split(os.path.join(data_dir, f'{split}.bin'), documents, indices, num_proc, batch_docs)
-        print(f"{split}.bin: {len(indices):,} documents, {num_tokens:,} tokens")
+    with DatasetFiles(data_dir) as out:  # both files appear only when both are complete
+        for split, indices in split_indices(len(documents)).items():
+            num_tokens = write_split(out, f'{split}.bin', documents, indices, num_proc, batch_docs)
+            print(f"{split}.bin: {len(indices):,} documents, {num_tokens:,} tokens")
 
 
 class TextColumn:

@@ -12,6 +12,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 from common import gpt2_encoding, read_or_download_text, run_main  # noqa: E402
+from data import DatasetFiles  # noqa: E402
 
 DATA_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 
@@ -27,8 +28,9 @@ def prepare(data_dir, url=DATA_URL):
     val_ids = np.array(enc.encode_ordinary(data[int(n * 0.9):]), dtype=np.uint16)
     print(f"train has {len(train_ids):,} tokens")
     print(f"val has {len(val_ids):,} tokens")
-    train_ids.tofile(os.path.join(data_dir, 'train.bin'))
-    val_ids.tofile(os.path.join(data_dir, 'val.bin'))
+    with DatasetFiles(data_dir) as out:  # both files or neither
+        out.write_tokens('train.bin', train_ids)
+        out.write_tokens('val.bin', val_ids)
 
 
 if __name__ == '__main__':

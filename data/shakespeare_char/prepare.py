@@ -5,13 +5,13 @@ and meta.pkl (vocab_size, itos, stoi) beside this file. Uses input.txt here if p
 """
 
 import os
-import pickle
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 from common import read_or_download_text, run_main  # noqa: E402
+from data import DatasetFiles  # noqa: E402
 
 DATA_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 
@@ -32,10 +32,10 @@ def prepare(data_dir, url=DATA_URL):
     val_ids = np.array([stoi[c] for c in data[int(n * 0.9):]], dtype=np.uint16)
     print(f"train has {len(train_ids):,} tokens")
     print(f"val has {len(val_ids):,} tokens")
-    train_ids.tofile(os.path.join(data_dir, 'train.bin'))
-    val_ids.tofile(os.path.join(data_dir, 'val.bin'))
-    with open(os.path.join(data_dir, 'meta.pkl'), 'wb') as f:
-        pickle.dump({'vocab_size': vocab_size, 'itos': itos, 'stoi': stoi}, f)
+    with DatasetFiles(data_dir) as out:  # all three files or none
+        out.write_tokens('train.bin', train_ids)
+        out.write_tokens('val.bin', val_ids)
+        out.write_meta({'vocab_size': vocab_size, 'itos': itos, 'stoi': stoi})
 
 
 if __name__ == '__main__':
