@@ -173,24 +173,29 @@ class Progress:
 
     def __init__(self, label, total, unit='bytes', delay=2.0):
         self.label, self.total, self.unit, self.delay = label, total, unit, delay
-        self.start, self.last, self.shown = time.time(), 0.0, False
+        self.start, self.last, self.shown, self.done, self.note = time.time(), 0.0, False, 0, ''
 
     def _amount(self, n):
         return f'{n / 1e6:,.1f} MB' if self.unit == 'bytes' else f'{n:,} {self.unit}'
 
     def __call__(self, done, note=''):
+        self.done, self.note = done, note
         now = time.time()
-        if now - self.start < self.delay or (now - self.last < 0.5 and done < self.total):
-            return
-        rate = done / max(now - self.start, 1e-9)
-        left = f', {(self.total - done) / rate:,.0f} s left' if rate > 0 else ''
-        print(f'\r{self.label}: {self._amount(done)} of {self._amount(self.total)} '
-              f'({100 * done / max(self.total, 1):.0f}%), {self._amount(int(rate))}/s{left}{note}   ',
+        if now - self.start >= self.delay and now - self.last >= 0.5:
+            self._show(now)
+
+    def _show(self, now):
+        rate = self.done / max(now - self.start, 1e-9)
+        left = f', {(self.total - self.done) / rate:,.0f} s left' if rate > 0 else ''
+        print(f'\r{self.label}: {self._amount(self.done)} of {self._amount(self.total)} '
+              f'({100 * self.done / max(self.total, 1):.0f}%), {self._amount(int(rate))}/s{left}{self.note}   ',
               end='', file=sys.stderr, flush=True)
         self.last, self.shown = now, True
 
     def close(self):
+        """Show the final figures, where the line was shown at all, and end it."""
         if self.shown:
+            self._show(time.time())
             print(file=sys.stderr)
 
 
@@ -252,9 +257,12 @@ def data_files(data_dir, split):
         return [(path, 0, os.path.getsize(path) // 2)]
     shards = sorted(glob.glob(os.path.join(data_dir, f'*{split}*.bin')))
     if not shards:
-        prepare = os.path.join(data_dir, 'prepare.py')
-        raise UserError(f"no {split} data in '{data_dir}' ({split}.bin or *{split}*.bin shards); "
-                        f"run `python {prepare}` first")
+        name = os.path.basename(os.path.normpath(data_dir))
+        if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name, 'prepare.py')):
+            command = f"python {os.path.join(data_dir, 'prepare.py')}"
+        else:  # a dataset of the user's own
+            command = f"python data/prepare_text.py --input=PATH --dataset={name}"
+        raise UserError(f"no {split} data in '{data_dir}' ({split}.bin or *{split}*.bin shards); run `{command}` first")
     return [(shard, SHARD_HEADER_BYTES, read_shard_header(shard)) for shard in shards]
 
 

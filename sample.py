@@ -15,7 +15,7 @@ import torch
 
 from common import UserError, gpt2_encoding, run_main, setup
 from configurator import ConfigError, as_namespace, config_from_globals, load_config
-from data import load_meta
+from data import load_meta, load_tokenizer
 from model import load_model
 
 # -----------------------------------------------------------------------------
@@ -44,11 +44,17 @@ def load_sampled_model(cfg):
 
 
 def get_codec(train_config):
-    """encode/decode functions: the dataset's characters when it has a meta.pkl, else GPT-2's BPE."""
+    """
+    encode/decode functions: the dataset's own vocabulary when it has a meta.pkl (its characters, or its BPE's
+    tokenizer file beside it), else GPT-2's BPE.
+    """
     meta_path = os.path.join('data', str(train_config.get('dataset', '')), 'meta.pkl')
     if 'dataset' in train_config and os.path.exists(meta_path):
         print(f"Loading meta from {meta_path}...")
         meta = load_meta(meta_path)
+        if 'tokenizer' in meta:  # data/prepare_text.py's bpe
+            tok = load_tokenizer(os.path.join(os.path.dirname(meta_path), os.path.basename(meta['tokenizer'])))
+            return lambda s: tok.encode(s).ids, lambda ids: tok.decode(ids, skip_special_tokens=False)
         stoi, itos = meta['stoi'], meta['itos']
 
         def encode(s):

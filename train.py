@@ -17,6 +17,7 @@ A run is a function of its settings and seed: every batch, and every dropout mas
 """
 
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -80,6 +81,7 @@ seed = 1337
 # -----------------------------------------------------------------------------
 DEFAULTS = config_from_globals(globals())
 TYPES = {'compile': bool, 'hellaswag_examples': int}
+SMALL_DATASETS = ('shakespeare_char', 'shakespeare')  # prepared by train.py itself when their files are missing
 
 
 # -----------------------------------------------------------------------------
@@ -285,6 +287,8 @@ def evaluate(model, raw_model, files, hellaswag_set, cfg, rt):
     losses = estimate_loss(model, files, raw_model.config.block_size, cfg, rt)
     record = {'train_loss': losses['train'], 'val_loss': losses['val']}
     line = f"train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+    if cfg.eval_only:  # the figure people quote for a model on their own text: exp of the mean loss per token
+        line += f", val perplexity {math.exp(min(losses['val'], 700.0)):.2f}"
     if hellaswag_set:
         # the plain model: the examples' lengths vary, which a compiled model would recompile for
         import hellaswag
@@ -432,12 +436,26 @@ def train(cfg):
         teardown(rt)
 
 
+def prepare_small_dataset(dataset, data_dir):
+    """Run a small dataset's prepare.py (Tiny Shakespeare's) when its token files are missing: a one-command start."""
+    if dataset not in SMALL_DATASETS or all(os.path.exists(os.path.join(data_dir, f'{s}.bin')) for s in SPLITS):
+        return
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', dataset, 'prepare.py')
+    print(f"data/{dataset} is not prepared yet: running data/{dataset}/prepare.py first")
+    spec = importlib.util.spec_from_file_location(f'prepare_{dataset}', script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    os.makedirs(data_dir, exist_ok=True)
+    module.prepare(data_dir)
+
+
 def start_run(cfg, rt):
     """
     Everything a run starts from: the data's files, the model (plain and as trained), the optimizer and scaler,
     the iteration and best val loss to go on from, and the HellaSwag examples when they are scored.
     """
     data_dir = os.path.join('data', cfg.dataset)
+    local_rank0_first(rt, lambda: prepare_small_dataset(cfg.dataset, data_dir))  # one process per node prepares
     files = {split: data_files(data_dir, split) for split in SPLITS}
     data_vocab_size = meta_vocab_size(data_dir)
     if rt.master:

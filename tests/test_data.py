@@ -67,7 +67,8 @@ def test_data_files_headerless_bin_or_shards(tmp_path):
         (str(tmp_path / 'fw_val_000002.bin'), SHARD_HEADER_BYTES, 30)]
     (tmp_path / 'fw_val_000003.bin.part').write_bytes(b'partial download')  # not a shard: ignored
     assert len(data_files(str(tmp_path), 'val')) == 2
-    with pytest.raises(UserError, match=r"no test data in .*run `python .*prepare.py` first"):
+    with pytest.raises(UserError, match=r"no test data in .*run `python data/prepare_text.py --input=PATH "
+                                        r"--dataset=.*` first"):
         data_files(str(tmp_path), 'test')
 
 

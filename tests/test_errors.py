@@ -53,9 +53,12 @@ def test_sample_config_mistake(tmp_path):
 
 
 def test_missing_data_names_the_prepare_script(tmp_path):
-    r = run_script('train.py', *TINY, '--dataset=shakespeare_char', cwd=tmp_path)
-    assert_one_line_error(r, "no train data in 'data/shakespeare_char'",
-                          'python data/shakespeare_char/prepare.py')
+    # (shakespeare_char and shakespeare are prepared by train.py itself: tests/test_prepare.py)
+    r = run_script('train.py', *TINY, '--dataset=openwebtext', cwd=tmp_path)
+    assert_one_line_error(r, "no train data in 'data/openwebtext'", 'python data/openwebtext/prepare.py')
+    r = run_in_process('train.py', *TINY, '--dataset=mytext', cwd=tmp_path)
+    assert_one_line_error(r, "no train data in 'data/mytext'",
+                          'python data/prepare_text.py --input=PATH --dataset=mytext')
 
 
 def test_unknown_device(char_data):

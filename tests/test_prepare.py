@@ -5,7 +5,7 @@ import pytest
 
 from common import UserError
 from data import load_meta
-from helpers import SHAKESPEARE, load_script, shakespeare_text
+from helpers import SHAKESPEARE, TINY, load_script, run_in_process, shakespeare_text
 
 prepare_char = load_script('data/shakespeare_char/prepare.py', 'prepare_char')
 
@@ -56,3 +56,24 @@ def test_failed_download_says_where_to_put_the_file(tmp_path, http_server):
     with pytest.raises(UserError, match=r"put Tiny Shakespeare at '.*input.txt' by hand"):
         prepare_char.prepare(str(tmp_path), url=f'{http_server.url}/missing.txt')
     assert not (tmp_path / 'input.txt').exists()
+
+
+def test_train_prepares_tiny_shakespeare_itself_when_its_files_are_missing(tmp_path):
+    text = shakespeare_text()[:100_000]
+    data_dir = tmp_path / 'data' / 'shakespeare_char'
+    data_dir.mkdir(parents=True)
+    (data_dir / 'input.txt').write_text(text, encoding='utf-8')
+    r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=2', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count('not prepared yet') == 1
+    assert 'data/shakespeare_char is not prepared yet: running data/shakespeare_char/prepare.py first' in r.stdout
+    check_char_outputs(data_dir, text)
+    assert (tmp_path / 'out' / 'ckpt.pt').exists()
+    r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=2', cwd=tmp_path)
+    assert r.returncode == 0 and 'not prepared yet' not in r.stdout
+
+
+def test_train_never_prepares_a_large_dataset(tmp_path):
+    r = run_in_process('train.py', *TINY, '--dataset=openwebtext', '--max_iters=2', cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.count('\n') == 1
+    assert 'run `python data/openwebtext/prepare.py` first' in r.stderr

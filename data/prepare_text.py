@@ -1,0 +1,401 @@
+"""
+Turn your own text into a dataset for train.py: data/NAME/train.bin and val.bin (uint16, nanoGPT's format),
+and meta.pkl for a vocabulary of the corpus's own.
+
+$ python data/prepare_text.py --input=book.txt --dataset=book                       # characters
+$ python data/prepare_text.py --input=notes/ --input=more.jsonl --dataset=notes --tokenizer=gpt2
+$ python data/prepare_text.py --input='corpus/*.txt' --dataset=corpus --tokenizer=bpe --vocab_size=8192
+
+then `python train.py --dataset=NAME ...` and `python sample.py --out_dir=...`.
+
+Inputs: text files, folders (their .txt and .md files, recursively, in name order), .jsonl files (one document
+a line, its text in the field text_field) and globs; each file, and each jsonl line, is a document. Files are
+read as UTF-8, as they are (no newline translation), and streamed: memory stays flat whatever their size.
+
+Tokenizers:
+- char: the sorted set of the corpus's characters, any script, at most 65,535 (meta.pkl as nanoGPT's).
+- gpt2: GPT-2's BPE (tiktoken, encode_ordinary); no meta.pkl, as for OpenWebText.
+- bpe:  a byte-level BPE of vocab_size tokens trained on this corpus with Hugging Face's tokenizers (pip install
+        tokenizers), kept as tokenizer.json beside the tokens; meta.pkl names it, and sample.py finds it there.
+With gpt2 and bpe, the end-of-text token follows every document when there are several.
+
+The val split: a fixed, evenly spread val_fraction of the documents when there are several; else the last
+val_fraction of the text, as for Tiny Shakespeare. The same input gives byte-identical files.
+"""
+
+import glob
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from common import UserError, gpt2_encoding, run_main  # noqa: E402
+from configurator import ConfigError, as_namespace, config_from_globals, load_config  # noqa: E402
+from data import (DatasetFiles, Progress, encode_pieces, import_tokenizers, load_tokenizer,  # noqa: E402
+                  ordered_map)
+
+# -----------------------------------------------------------------------------
+input = []  # text files, folders, .jsonl files or globs; give --input=... once for each
+dataset = ''  # the dataset's name: writes data/<dataset>/
+tokenizer = 'char'  # 'char', 'gpt2' or 'bpe'
+vocab_size = 8192  # bpe only: the number of tokens, end-of-text included
+val_fraction = 0.1  # of the documents (or of the text, for a single document) kept for validation
+text_field = 'text'  # the field of a .jsonl line that holds its text
+errors = 'strict'  # 'strict': text that is not UTF-8 is an error; 'replace': bad bytes become U+FFFD
+overwrite = False  # replace the dataset already in data/<dataset>
+num_proc = None  # worker processes that tokenize; None: one per core (fewer for a small corpus)
+# -----------------------------------------------------------------------------
+DEFAULTS = config_from_globals(globals())
+TYPES = {'num_proc': int}
+
+TOKENIZERS = ('char', 'gpt2', 'bpe')
+TEXT_SUFFIXES = ('.txt', '.md')
+DATASET_FILES = ('train.bin', 'val.bin', 'meta.pkl', 'tokenizer.json')  # what this script writes and replaces
+EOT = '<|endoftext|>'
+MAX_CHARS = 2 ** 16 - 1  # distinct characters a char vocabulary may have
+BLOCK_BYTES = 1 << 20  # files are read in blocks of this many bytes
+PIECE_CHARS = 1 << 20  # long documents are tokenized in pieces of about this many characters...
+MAX_PIECE_CHARS = 8 * PIECE_CHARS  # ...and at most this many
+TASK_CHARS = 1 << 20  # characters of text in each task a worker tokenizes
+
+
+def check_settings(cfg):
+    if not cfg.input:
+        raise ConfigError("no input: give --input=PATH (a file, folder, .jsonl or glob), once for each")
+    if cfg.dataset in ('', '.', '..') or os.path.basename(cfg.dataset) != cfg.dataset:
+        raise ConfigError(f"dataset={cfg.dataset!r} must be a plain folder name, e.g. --dataset=mytext")
+    if cfg.tokenizer not in TOKENIZERS:
+        raise ConfigError(f"tokenizer={cfg.tokenizer!r}; use {', '.join(TOKENIZERS)}")
+    if cfg.tokenizer == 'bpe' and not 257 <= cfg.vocab_size <= 2 ** 16:
+        raise ConfigError(f"vocab_size={cfg.vocab_size} must be 257 (the 256 bytes and end-of-text) to 65536")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise ConfigError(f"val_fraction={cfg.val_fraction} must be between 0 and 1")
+    if cfg.errors not in ('strict', 'replace'):
+        raise ConfigError(f"errors={cfg.errors!r}; use 'strict' or 'replace'")
+    if cfg.num_proc is not None and cfg.num_proc < 1:
+        raise ConfigError(f"num_proc={cfg.num_proc} must be at least 1, or None for one per core")
+
+
+def check_folder(data_dir, overwrite):
+    """Refuse a folder that already holds a dataset (or another dataset's prepare.py), unless told to replace it."""
+    found = [name for name in DATASET_FILES + ('prepare.py',) if os.path.exists(os.path.join(data_dir, name))]
+    found += sorted(os.path.basename(p) for p in glob.glob(os.path.join(data_dir, '*.bin')) if
+                    os.path.basename(p) not in found)
+    if found and not overwrite:
+        raise UserError(f"'{data_dir}' already holds a dataset ({', '.join(found)}); choose another --dataset, "
+                        f"or pass --overwrite=True to replace it")
+
+
+# -----------------------------------------------------------------------------
+# reading the corpus: files, documents, pieces
+
+def find_files(inputs):
+    """The input files in the order given (a folder's and a glob's in name order), each once."""
+    files = []
+    for item in inputs:
+        if os.path.isfile(item):
+            found = [item]
+        elif os.path.isdir(item):
+            found = sorted(os.path.join(root, name) for root, _, names in os.walk(item)
+                           for name in names if name.endswith(TEXT_SUFFIXES))
+            if not found:
+                raise UserError(f"folder '{item}' holds no .txt or .md file")
+        elif any(c in item for c in '*?['):
+            found = find_files(sorted(glob.glob(item, recursive=True)))
+            if not found:
+                raise UserError(f"'{item}' matches no file")
+        else:
+            raise UserError(f"input '{item}' does not exist")
+        files += [f for f in found if f not in files]
+    return files
+
+
+def _complete_utf8(data):
+    """The length of data without an incomplete UTF-8 character at its end (which is read with the next block)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # not a continuation byte: the last character starts here
+            need = 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4 if byte >> 3 == 0b11110 else 1
+            return len(data) - back if need > back else len(data)
+    return len(data)
+
+
+def _not_utf8(path, offset, error, where=''):
+    return UserError(f"'{path}'{where} is not UTF-8 text: bad byte {error.object[error.start]:#04x} at byte offset "
+                     f"{offset + error.start:,}; convert it to UTF-8, or pass --errors=replace")
+
+
+def text_blocks(path, errors, counter):
+    """A text file's text in blocks, decoded as UTF-8. counter[0] counts the bytes read."""
+    with open(path, 'rb') as f:
+        offset, carry = 0, b''
+        while True:
+            block = f.read(BLOCK_BYTES)
+            counter[0] += len(block)
+            data = carry + block
+            cut = _complete_utf8(data) if block else len(data)
+            data, carry = data[:cut], data[cut:]
+            try:
+                yield data.decode('utf-8', errors)
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, offset, e) from None
+            offset += len(data)
+            if not block:
+                return
+
+
+def jsonl_documents(path, text_field, errors, counter):
+    """The texts of a .jsonl file's lines (blank lines skipped). counter[0] counts the bytes read."""
+    with open(path, 'rb') as f:
+        offset = 0
+        for number, line in enumerate(f, 1):
+            counter[0] += len(line)
+            try:
+                text = line.decode('utf-8', errors)
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, offset, e, f" line {number}") from None
+            offset += len(line)
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{number}: not JSON ({e.msg}); each line of a .jsonl file must be "
+                                f"one JSON object") from None
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                raise UserError(f"{path}:{number}: no text in field '{text_field}'; name the field that holds "
+                                f"the text with --text_field=...")
+            yield record[text_field]
+
+
+# A place where GPT-2's pre-tokenizer (and the byte-level BPE's, the same regex) cuts the text anyway: after a
+# letter or digit and before punctuation. No pre-token spans it, so the pieces on either side encode to the
+# same tokens as the whole text (tests/test_prepare_text.py checks this against whole-document encoding).
+SAFE_CUT = re.compile(r'[^\W_][^\w\s]')
+
+
+def document_pieces(blocks):
+    """A document, from its text in blocks of any size, as (piece, ends_document) of about PIECE_CHARS each."""
+    buffer = ''
+    for block in blocks:
+        buffer += block
+        while len(buffer) >= 2 * PIECE_CHARS:
+            match = SAFE_CUT.search(buffer, PIECE_CHARS)
+            if match is None and len(buffer) < MAX_PIECE_CHARS:
+                break  # read on to a safe place
+            cut = match.start() + 1 if match else PIECE_CHARS  # a text with no punctuation for megabytes
+            yield buffer[:cut], False
+            buffer = buffer[cut:]
+    yield buffer, True
+
+
+def read_corpus(files, text_field='text', errors='strict'):
+    """
+    The corpus as (piece, ends_document, bytes read so far), in order: each text file is a document, and
+    each line of a .jsonl file.
+    """
+    counter = [0]
+    for path in files:
+        if path.endswith('.jsonl'):
+            documents = ([text] for text in jsonl_documents(path, text_field, errors, counter))
+        else:
+            documents = [text_blocks(path, errors, counter)]
+        for blocks in documents:
+            for piece, ends_document in document_pieces(blocks):
+                yield piece, ends_document, counter[0]
+
+
+def scan(files, cfg, total_bytes):
+    """
+    One pass over the corpus before anything is written, so that a bad file stops the run with nothing done:
+    returns the number of documents, of characters, and the set of characters (for tokenizer=char).
+    """
+    num_docs, num_chars, chars = 0, 0, set()
+    progress = Progress('checking the input', total_bytes)
+    for piece, ends_document, done in read_corpus(files, cfg.text_field, cfg.errors):
+        num_docs += ends_document
+        num_chars += len(piece)
+        if cfg.tokenizer == 'char':
+            chars.update(piece)
+        progress(done)
+    progress.close()
+    return num_docs, num_chars, chars
+
+
+# -----------------------------------------------------------------------------
+# the split, and the tasks for the workers
+
+def split_corpus(pieces, num_docs, num_chars, val_fraction):
+    """
+    (split, piece, ends_document, bytes read) for each piece. With several documents, num_val of them, evenly
+    spread and the last among them, are val; with one, its last val_fraction of characters is (nanoGPT's cut).
+    """
+    if num_docs > 1:
+        num_val = max(1, round(num_docs * val_fraction))
+        doc = 0
+        for piece, ends_document, done in pieces:
+            is_val = (doc + 1) * num_val // num_docs > doc * num_val // num_docs
+            yield 'val' if is_val else 'train', piece, ends_document, done
+            doc += ends_document
+        return
+    cut, seen = int(num_chars * (1 - val_fraction)), 0
+    for piece, ends_document, done in pieces:
+        if seen < cut < seen + len(piece):
+            yield 'train', piece[:cut - seen], False, done
+            yield 'val', piece[cut - seen:], ends_document, done
+        else:
+            yield 'train' if seen + len(piece) <= cut else 'val', piece, ends_document, done
+        seen += len(piece)
+
+
+def make_tasks(split_pieces):
+    """Group the pieces into tasks of about TASK_CHARS characters, each within one split."""
+    split, pieces, size, done = None, [], 0, 0
+    for piece_split, piece, ends_document, piece_done in split_pieces:
+        if pieces and (piece_split != split or size >= TASK_CHARS):
+            yield split, pieces, done
+            pieces, size = [], 0
+        split, done = piece_split, piece_done
+        pieces.append((piece, ends_document))
+        size += len(piece)
+    if pieces:
+        yield split, pieces, done
+
+
+# -----------------------------------------------------------------------------
+# tokenizers
+
+def char_encoder(chars):
+    """Characters to their indices in chars (sorted), for a whole text at once."""
+    codepoints = np.array([ord(c) for c in chars], dtype=np.uint32)
+    return lambda text: np.searchsorted(codepoints, np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32))
+
+
+def make_encoder(kind, vocab, with_eot):
+    """A function from a list of (piece, ends_document) to their uint16 tokens, for the tokenizer kind."""
+    if kind == 'char':  # vocab: the characters, sorted
+        return lambda pieces: encode_pieces(char_encoder(vocab), pieces)
+    if kind == 'gpt2':
+        enc = gpt2_encoding()
+        return lambda pieces: encode_pieces(enc.encode_ordinary, pieces, enc.eot_token if with_eot else None)
+    tok = load_tokenizer(vocab)  # vocab: the tokenizer file
+    tok.encode_special_tokens = True  # '<|endoftext|>' in the text is text, as with encode_ordinary
+    eot = tok.token_to_id(EOT) if with_eot else None
+    return lambda pieces: encode_pieces(lambda text: tok.encode(text, add_special_tokens=False).ids, pieces, eot)
+
+
+def train_bpe(pieces, vocab_size, path):
+    """Train a byte-level BPE (GPT-2's kind: any text round-trips exactly) on the pieces; save it to path."""
+    tokenizers = import_tokenizers()
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(pieces, trainer=trainer)
+    tok.save(path)
+    return tok
+
+
+# each worker process builds its encoder once; the tasks carry only text
+_encode = None
+
+
+def _init_worker(kind, vocab, with_eot):
+    global _encode
+    _encode = make_encoder(kind, vocab, with_eot)
+
+
+def _encode_task(task):
+    split, pieces, done = task
+    return split, _encode(pieces), done
+
+
+# -----------------------------------------------------------------------------
+# the whole job
+
+def make_vocab(cfg, files, chars, total_bytes, out):
+    """The tokenizer's vocabulary (characters, None or the tokenizer file) and the meta.pkl to write (or None)."""
+    if cfg.tokenizer == 'char':
+        if len(chars) > MAX_CHARS:
+            raise UserError(f"the corpus has {len(chars):,} distinct characters, more than the {MAX_CHARS:,} a "
+                            f"char vocabulary can hold; use --tokenizer=bpe")
+        vocab = ''.join(sorted(chars))
+        print(f"vocab size: {len(vocab):,} characters")
+        return vocab, {'vocab_size': len(vocab), 'itos': dict(enumerate(vocab)),
+                       'stoi': {c: i for i, c in enumerate(vocab)}}
+    if cfg.tokenizer == 'gpt2':
+        gpt2_encoding()  # loaded here first: worker processes forked from this one inherit it
+        return None, None
+    progress = Progress('training the BPE', total_bytes)
+
+    def pieces():
+        for piece, _, done in read_corpus(files, cfg.text_field, cfg.errors):
+            progress(done)
+            yield piece
+    tok = train_bpe(pieces(), cfg.vocab_size, out.temp_path('tokenizer.json'))
+    progress.close()
+    print(f"vocab size: {tok.get_vocab_size():,} BPE tokens (end-of-text is {tok.token_to_id(EOT)})")
+    meta = {'vocab_size': tok.get_vocab_size(), 'tokenizer': 'tokenizer.json', 'eot_token': tok.token_to_id(EOT)}
+    return out.temp_path('tokenizer.json'), meta
+
+
+def write_splits(cfg, files, num_docs, num_chars, vocab, total_bytes, out):
+    """Tokenize the corpus in worker processes and append each task's tokens to its split's file, in order."""
+    num_proc = cfg.num_proc or max(1, min(os.cpu_count() or 1, total_bytes // TASK_CHARS))
+    if cfg.tokenizer == 'bpe' and num_proc > 1:
+        os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # one thread per worker process; no warning at the fork
+    tasks = make_tasks(split_corpus(read_corpus(files, cfg.text_field, cfg.errors), num_docs, num_chars,
+                                    cfg.val_fraction))
+    counts = {'train': 0, 'val': 0}
+    progress = Progress(f"tokenizing ({num_proc} worker{'s' if num_proc > 1 else ''})", total_bytes)
+    for split, ids, done in ordered_map(_encode_task, tasks, num_proc, _init_worker,
+                                        (cfg.tokenizer, vocab, num_docs > 1)):
+        counts[split] += out.write_tokens(f'{split}.bin', ids)
+        progress(done, f', {sum(counts.values()):,} tokens')
+    progress.close()
+    return counts
+
+
+def prepare_text(cfg, data_root='data'):
+    """Write data_root/<dataset>/ from cfg's inputs; returns the number of tokens in each split."""
+    cfg = as_namespace(cfg)
+    check_settings(cfg)
+    if cfg.tokenizer == 'bpe':
+        import_tokenizers()  # its install hint before any work
+    data_dir = os.path.join(data_root, cfg.dataset)
+    check_folder(data_dir, cfg.overwrite)
+    files = find_files(cfg.input)
+    total_bytes = sum(os.path.getsize(f) for f in files)
+    num_docs, num_chars, chars = scan(files, cfg, total_bytes)
+    print(f"{len(files):,} files, {num_docs:,} documents, {num_chars:,} characters")
+    if num_docs == 0:
+        raise UserError(f"no documents in {', '.join(cfg.input)} (only blank .jsonl lines); nothing to prepare")
+    if (num_docs > 1 and max(1, round(num_docs * cfg.val_fraction)) >= num_docs) or \
+            (num_docs == 1 and not 0 < int(num_chars * (1 - cfg.val_fraction)) < num_chars):
+        raise UserError(f"the corpus ({num_docs:,} documents, {num_chars:,} characters) is too small to split "
+                        f"into train and val with val_fraction={cfg.val_fraction}; give more text")
+    with DatasetFiles(data_dir, replaces=DATASET_FILES) as out:  # all files, or none and the old ones kept
+        vocab, meta = make_vocab(cfg, files, chars, total_bytes, out)
+        counts = write_splits(cfg, files, num_docs, num_chars, vocab, total_bytes, out)
+        if not counts['train'] or not counts['val']:
+            raise UserError(f"the corpus gives no {'train' if not counts['train'] else 'val'} tokens (its val "
+                            f"documents are empty); give more text or another val_fraction")
+        if meta is not None:
+            out.write_meta(meta)
+    for split, n in counts.items():
+        print(f"{split}.bin has {n:,} tokens")
+    print(f"wrote '{data_dir}'; train on it with python train.py --dataset={cfg.dataset} ...")
+    return counts
+
+
+def main(argv=None):
+    prepare_text(load_config(DEFAULTS, argv, TYPES))
+
+
+if __name__ == '__main__':
+    run_main(main)
