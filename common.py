@@ -1,6 +1,7 @@
 """
 What every script shares: user-facing errors, device, dtype and DDP setup, checkpoints, downloads.
-The base of the project: it imports no module of it but configurator.
+The base of the project: it imports no module of it but configurator. torch is imported only by the functions
+that use it, so that the data preparation scripts, which need none of it, start in a second and stay small.
 """
 
 import datetime
@@ -13,8 +14,6 @@ import time
 import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass
-
-import torch
 
 from configurator import ConfigError
 
@@ -63,11 +62,12 @@ class Runtime:
         return self.rank == 0
 
 
-PTDTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+DTYPES = ('float32', 'bfloat16', 'float16')  # each the name of a torch dtype
 
 
 def pick_device(device='auto'):
     """Resolve 'auto' to the best device here (cuda, then mps, then cpu) and check that a named one exists."""
+    import torch
     if device == 'auto':
         if torch.cuda.is_available():
             return 'cuda'
@@ -95,6 +95,7 @@ def pick_dtype(dtype, device):
     'auto': bfloat16 on GPUs that run it natively (NVIDIA compute capability 8.0+, Ampere on, or AMD), else
     float16 with a GradScaler; float32 elsewhere.
     """
+    import torch
     if dtype == 'auto':
         if torch.device(device).type != 'cuda':
             return 'float32'
@@ -102,13 +103,14 @@ def pick_dtype(dtype, device):
         # V100s and T4s (compute capability 7.x), whose fast path is float16
         native = torch.version.hip or torch.cuda.get_device_capability(device) >= (8, 0)
         return 'bfloat16' if native else 'float16'
-    if dtype not in PTDTYPES:
+    if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; use auto, float32, bfloat16 or float16")
     return dtype
 
 
 def compile_blocker(device):
     """Why torch.compile cannot work on this CUDA device and install, or None where it can."""
+    import torch
     if not torch._dynamo.is_dynamo_supported():
         return f"this PyTorch ({torch.__version__}) cannot compile on Python {sys.version.split()[0]}"
     if importlib.util.find_spec('triton') is None:
@@ -129,6 +131,7 @@ def setup(device='auto', dtype='auto', backend='auto'):
     Pick the device and dtype, and join the process group when run under torchrun (RANK and WORLD_SIZE set).
     Returns a Runtime; call teardown() at the end.
     """
+    import torch
     ddp = int(os.environ.get('RANK', -1)) != -1
     rank = int(os.environ.get('RANK', 0))
     local_rank = int(os.environ.get('LOCAL_RANK', 0))
@@ -152,7 +155,7 @@ def setup(device='auto', dtype='auto', backend='auto'):
     if dtype == 'float32':
         ctx = nullcontext()
     else:
-        ctx = torch.autocast(device_type=device_type, dtype=PTDTYPES[dtype])
+        ctx = torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
     return Runtime(device, device_type, dtype, ctx, ddp, rank, local_rank, world_size)
 
 
@@ -161,6 +164,7 @@ def all_or_none(rt, error):
     Raise on every process when any process had a UserError (error here, or None), so that none is left
     waiting in a collective for one that has gone. Under DDP a collective: every process must call it.
     """
+    import torch
     if rt.ddp:
         failed = torch.tensor(float(error is not None), device=rt.device)
         torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)
@@ -188,6 +192,7 @@ def local_rank0_first(rt, fn):
 
 
 def teardown(rt):
+    import torch
     if rt.ddp and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
@@ -228,6 +233,7 @@ def checkpoint_name(improved, always_save):
 
 def save_checkpoint(checkpoint, path):
     """Write atomically: to a temporary file, flushed to disk, then renamed over the old one."""
+    import torch
     tmp = f'{path}.tmp'
     with open(tmp, 'wb') as f:
         torch.save(checkpoint, f)
@@ -241,6 +247,7 @@ def load_checkpoint(path, map_location='cpu'):
     Read a checkpoint with weights_only=True, so that a file from elsewhere cannot run code.
     A missing or damaged file is a UserError.
     """
+    import torch
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at '{path}'; train first or point --out_dir at a run's folder")
     try:

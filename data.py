@@ -13,7 +13,6 @@ import time
 from multiprocessing import Pool
 
 import numpy as np
-import torch
 
 from common import UserError
 
@@ -273,6 +272,7 @@ def get_batch(files, batch_size, block_size, *key, device='cpu'):
     equally likely, so files are drawn in proportion to their length, and a window never crosses two files.
     The windows are a function of key (seed, purpose, ...) alone.
     """
+    import torch  # here, not at the top: the prepare scripts that import this module need none of it
     if isinstance(files, str):
         files = [(files, 0, os.path.getsize(files) // 2)]
     starts = np.array([max(0, n - block_size) for _, _, n in files])  # the window starts in each file

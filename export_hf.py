@@ -10,8 +10,10 @@ padded. The folder holds no tokenizer: a model trained on GPT-2's BPE pairs with
 
 import os
 
+import torch
+
 import hf
-from common import PTDTYPES, UserError, load_checkpoint, run_main
+from common import DTYPES, UserError, load_checkpoint, run_main
 from configurator import as_namespace, config_from_globals, load_config
 from model import GPT
 
@@ -28,14 +30,14 @@ TYPES = {'hf_dir': str}
 def export(cfg):
     """Write the checkpoint in cfg.out_dir as a Hugging Face folder; returns the folder's path."""
     cfg = as_namespace(cfg)
-    if cfg.dtype not in PTDTYPES:
+    if cfg.dtype not in DTYPES:
         raise UserError(f"unknown dtype '{cfg.dtype}'; use float32, bfloat16 or float16")
     path = os.path.join(cfg.out_dir, cfg.checkpoint)
     ckpt = load_checkpoint(path)
     # the training dropout goes into config.json, for finetuning with transformers
     model = GPT.from_checkpoint(ckpt, path, dropout=ckpt.get('config', {}).get('dropout', 0.0))
     hf_dir = cfg.hf_dir or cfg.out_dir.rstrip('/\\') + '-hf'
-    hf.save_pretrained(model, hf_dir, PTDTYPES[cfg.dtype])
+    hf.save_pretrained(model, hf_dir, getattr(torch, cfg.dtype))
     n_params = model.get_num_params(non_embedding=False)
     print(f"wrote {hf_dir}: config.json and model.safetensors ({n_params / 1e6:.2f}M parameters, "
           f"vocab_size {model.config.vocab_size}, block_size {model.config.block_size})")
