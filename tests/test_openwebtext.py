@@ -61,3 +61,19 @@ def test_missing_datasets_is_an_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, 'datasets', None)  # makes `import datasets` fail
     with pytest.raises(UserError, match='pip install datasets'):
         owt.load_openwebtext(1)
+
+
+def test_openwebtext_is_read_from_parquet_files_with_no_loading_script(tmp_path, capsys):
+    pytest.importorskip('datasets', reason='pip install datasets to test the OpenWebText loader')
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    # two files standing in for the 93 on the hub: the documents in file order, then row order
+    pq.write_table(pa.table({'text': DOCUMENTS[:7]}), tmp_path / 'train-00000-of-00002.parquet')
+    pq.write_table(pa.table({'text': DOCUMENTS[7:]}), tmp_path / 'train-00001-of-00002.parquet')
+    documents = owt.load_openwebtext(1, str(tmp_path / 'train-*.parquet'), cache_dir=str(tmp_path / 'cache'))
+    assert len(documents) == len(DOCUMENTS) and [documents[i] for i in range(len(DOCUMENTS))] == DOCUMENTS
+    assert f"holds {len(DOCUMENTS):,} documents, not OpenWebText's 8,013,769" in capsys.readouterr().out
+    pq.write_table(pa.table({'body': ['x']}), tmp_path / 'other.parquet')
+    with pytest.raises(UserError, match="has no 'text' column"):
+        owt.load_openwebtext(1, str(tmp_path / 'other.parquet'), cache_dir=str(tmp_path / 'cache'))
+

@@ -6,8 +6,9 @@ format). A random 0.0005 of the documents, fixed by seed 2357, is the val split:
 nanoGPT's, which picks them with HF datasets' train_test_split(test_size=0.0005, seed=2357).
 
 Expect about 9B train tokens (train.bin about 17 GB) and 4M val tokens (val.bin about 8.5 MB). The download
-goes through Hugging Face datasets (pip install datasets) into its cache (about 54 GB); the tokenizing runs in
-several worker processes.
+goes through Hugging Face datasets (pip install datasets; any version: no loading script is run) into its
+cache; the tokenizing runs in several worker processes. OPENWEBTEXT_PARQUET=PATTERN reads other Parquet files
+with a 'text' column instead (a local copy or a mirror of the same files).
 
 $ python data/openwebtext/prepare.py        # workers: half the CPU cores
 $ python data/openwebtext/prepare.py 16     # 16 workers
@@ -91,19 +92,30 @@ class TextColumn:
         return self.dataset[int(i)]['text']
 
 
-def load_openwebtext(num_proc):
-    """OpenWebText's one split through HF datasets, imported here only: it is needed for this dataset alone."""
+# OpenWebText as Parquet files, uploaded by the dataset's author to its Hugging Face repository (Skylion007/
+# openwebtext, 93 files, about 25 GB). They are read with datasets' own 'parquet' builder: recent datasets
+# releases (4.0 on) refuse the repository's loading script, which is how nanoGPT loads 'openwebtext'. Pinned
+# to a commit, so that the documents, and the val split drawn from their order, cannot change under a run.
+PARQUET_FILES = ('hf://datasets/Skylion007/openwebtext@963532436460638ab26b7633e23776e6c7e37d59/'
+                 'data/train-*-of-00093.parquet')
+NUM_DOCUMENTS = 8_013_769  # in the loading script's copy, which nanoGPT's figures come from
+
+
+def load_openwebtext(num_proc, files=None, cache_dir=None):
+    """OpenWebText's documents through HF datasets, imported here only: it is needed for this dataset alone."""
     try:
         from datasets import load_dataset
     except ImportError:
         raise UserError("OpenWebText is downloaded with Hugging Face datasets: pip install datasets") from None
-    try:
-        return TextColumn(load_dataset('openwebtext', num_proc=num_proc)['train'])
-    except RuntimeError as e:
-        if 'scripts are no longer supported' in str(e):
-            raise UserError("this version of datasets cannot run OpenWebText's loading script; "
-                            "pip install 'datasets<4' and run again") from None
-        raise
+    files = files or os.environ.get('OPENWEBTEXT_PARQUET') or PARQUET_FILES
+    dataset = load_dataset('parquet', data_files={'train': files}, num_proc=num_proc, cache_dir=cache_dir)['train']
+    if 'text' not in dataset.column_names:
+        raise UserError(f"'{files}' has no 'text' column (it has {', '.join(dataset.column_names)}); "
+                        f"point OPENWEBTEXT_PARQUET at OpenWebText's Parquet files")
+    if len(dataset) != NUM_DOCUMENTS:
+        print(f"note: '{files}' holds {len(dataset):,} documents, not OpenWebText's {NUM_DOCUMENTS:,}: "
+              f"the val split will not be nanoGPT's")
+    return TextColumn(dataset)
 
 
 def main(argv):
