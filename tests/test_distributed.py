@@ -41,3 +41,18 @@ def test_accumulation_must_divide_among_processes(char_data, monkeypatch):
     assert not torch.distributed.is_initialized()
 
 
+
+
+@pytest.mark.slow
+def test_under_ddp_one_process_prepares_tiny_shakespeare(tmp_path):
+    from helpers import shakespeare_text
+    data_dir = tmp_path / 'data' / 'shakespeare_char'
+    data_dir.mkdir(parents=True)
+    (data_dir / 'input.txt').write_text(shakespeare_text()[:100_000], encoding='utf-8')
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                        os.path.join(REPO, 'train.py'), *TINY, '--max_iters=2', '--gradient_accumulation_steps=2',
+                        '--out_dir=two'], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count('not prepared yet') == 1  # rank 0 prepared; rank 1 waited, then read the same files
+    assert sorted(p.name for p in data_dir.iterdir()) == ['input.txt', 'meta.pkl', 'train.bin', 'val.bin']
+    assert (tmp_path / 'two' / 'ckpt.pt').exists()
