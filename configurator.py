@@ -13,8 +13,10 @@ given several times, --input=a.txt --input=b.txt, each value taken as written.
 
 import ast
 import difflib
+import io
 import os
 import sys
+import tokenize
 import types as types_module
 from types import SimpleNamespace
 
@@ -113,15 +115,91 @@ def parse_config(defaults, argv, types=None):
     return config
 
 
+class Defaults(dict):
+    """A script's default settings, by name, with the script's file and docstring for --help."""
+
+    def __init__(self, settings, script=None, doc=None):
+        super().__init__(settings)
+        self.script, self.doc = script, doc
+
+
 def config_from_globals(namespace):
     """The settings block of a script: its top-level lowercase names holding plain values (not CONSTANTS)."""
-    return {k: v for k, v in namespace.items()
-            if k.islower() and not k.startswith('_') and isinstance(v, (int, float, bool, str, list, type(None)))}
+    return Defaults({k: v for k, v in namespace.items() if k.islower() and not k.startswith('_')
+                     and isinstance(v, (int, float, bool, str, list, type(None)))},
+                    namespace.get('__file__'), namespace.get('__doc__'))
 
 
 def load_config(defaults, argv=None, types=None):
-    """parse_config of a script's command line (sys.argv by default), as a namespace: cfg.batch_size."""
-    return as_namespace(parse_config(defaults, sys.argv[1:] if argv is None else argv, types))
+    """
+    parse_config of a script's command line (sys.argv by default), as a namespace: cfg.batch_size.
+    -h or --help prints the script's help and settings and exits, before anything is read or written.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    exit_if_help(argv, getattr(defaults, 'doc', None), defaults)
+    return as_namespace(parse_config(defaults, argv, types))
+
+
+# -----------------------------------------------------------------------------
+# --help: the script's docstring, then its settings with their defaults and the comments beside them
+
+HELP_FLAGS = ('-h', '--help')
+HOW = """Settings are applied in order: the defaults below, then each config file (plain Python that assigns
+some of these names, e.g. config/train_shakespeare_char.py), then each --key=value. A value is read as a
+Python literal (1e-3, False, None, 'x'), anything else as text: --start=Once upon a time."""
+
+
+def exit_if_help(argv, doc, defaults=None):
+    """Print the help and exit with status 0 when argv asks for it (-h or --help anywhere)."""
+    if not any(arg in HELP_FLAGS for arg in argv):
+        return
+    print((doc or '').strip())
+    if defaults:
+        print(f"\n{HOW}\n\nSettings (default, comment):")
+        for line in settings_help(defaults, getattr(defaults, 'script', None)):
+            print(line)
+    sys.exit(0)
+
+
+def settings_help(defaults, script):
+    """One line per setting, --key=default  # its comment in the script, under the block's own headings."""
+    comments, headings = settings_comments(script, defaults)
+    width = max(len(f'--{k}={v!r}') for k, v in defaults.items()) + 2
+    lines = []
+    for key, value in defaults.items():
+        lines += [f'{heading}' for heading in headings.get(key, [])]
+        text = f'  --{key}={value!r}'
+        lines.append(f'{text:<{width + 2}}# {comments[key]}' if comments.get(key) else text)
+    return lines
+
+
+def settings_comments(script, keys):
+    """
+    From a script's source: the comment at the end of each setting's line, and the comment lines just above a
+    setting (a heading such as '# model'), by setting name. ({}, {}) when the source cannot be read.
+    """
+    try:
+        with open(script, encoding='utf-8') as f:
+            source = f.read()
+        tree = ast.parse(source)
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (OSError, TypeError, SyntaxError, tokenize.TokenError):
+        return {}, {}
+    line_comments = {t.start[0]: t.string.lstrip('#').strip() for t in tokens if t.type == tokenize.COMMENT}
+    lines = source.splitlines()
+    comments, headings = {}, {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id in keys and node.targets[0].id not in comments):
+            continue
+        key = node.targets[0].id
+        comments[key] = line_comments.get(node.end_lineno, '')
+        above, n = [], node.lineno - 1
+        while n >= 1 and lines[n - 1].lstrip().startswith('#') and n in line_comments and line_comments[n].strip('-'):
+            above.insert(0, line_comments[n])
+            n -= 1
+        headings[key] = above
+    return comments, headings
 
 
 def as_namespace(cfg):

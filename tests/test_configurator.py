@@ -1,5 +1,6 @@
 import pytest
 
+from helpers import REPO, load_script, run_in_process, run_script
 from configurator import ConfigError, config_from_globals, parse_config
 
 DEFAULTS = {'batch_size': 12, 'learning_rate': 6e-4, 'compile': None, 'out_dir': 'out', 'start': '\n',
@@ -148,3 +149,44 @@ def test_shipped_config_files_are_valid():
     for path in sorted(glob.glob(os.path.join(REPO, 'config', '*.py'))):
         defaults = sample.DEFAULTS if os.path.basename(path).startswith('sample') else train.DEFAULTS
         parse_config(defaults, [path], train.TYPES)
+
+
+# -----------------------------------------------------------------------------
+# --help
+
+SCRIPTS_WITH_SETTINGS = {'train.py': "--batch_size=12", 'sample.py': "--num_samples=10", 'bench.py': "--mode='train'",
+                         'export_hf.py': "--dtype='float32'", 'hellaswag.py': "--max_examples=None"}
+PREPARE_SCRIPTS = ['data/shakespeare_char/prepare.py', 'data/shakespeare/prepare.py',
+                   'data/fineweb10B/prepare.py', 'data/openwebtext/prepare.py']
+
+
+@pytest.mark.parametrize('script', sorted(SCRIPTS_WITH_SETTINGS))
+@pytest.mark.parametrize('flag', ['--help', '-h'])
+def test_help_lists_settings_with_defaults_and_comments_and_touches_nothing(script, flag, tmp_path):
+    result = run_in_process(script, '--out_dir=elsewhere', flag, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert SCRIPTS_WITH_SETTINGS[script] in result.stdout
+    assert 'config file' in result.stdout and '--key=value' in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_shows_each_settings_comment_from_the_source():
+    result = run_in_process('train.py', '--help', cwd=REPO)
+    line = next(x for x in result.stdout.splitlines() if x.strip().startswith('--grad_clip='))
+    assert line.split('#', 1)[1].strip() == 'clip gradients at this value, or disable if == 0.0'
+    assert 'adamw optimizer' in result.stdout.splitlines()  # the block's own headings
+
+
+@pytest.mark.parametrize('script', PREPARE_SCRIPTS)
+def test_prepare_help_exits_before_touching_the_data(script, tmp_path, monkeypatch):
+    module = load_script(script, 'prepare_help')
+    monkeypatch.setattr(module, 'prepare', lambda *a, **k: pytest.fail('prepare ran'))
+    with pytest.raises(SystemExit) as e:
+        module.main(['--help'])
+    assert e.value.code == 0
+
+
+def test_help_on_the_real_command_line(tmp_path):
+    result = run_script('data/shakespeare_char/prepare.py', '-h', cwd=str(tmp_path))
+    assert result.returncode == 0 and 'meta.pkl' in result.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -16,6 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from configurator import exit_if_help  # noqa: E402
 from common import UserError, download, run_main  # noqa: E402
 from data import read_shard_header  # noqa: E402
 
@@ -45,6 +46,7 @@ def prepare(data_dir, num_train_shards=NUM_TRAIN_SHARDS, base_url=None):
 
 
 def main(argv):
+    exit_if_help(argv, __doc__)
     if len(argv) > 1 or (argv and not argv[0].isdigit()):
         raise UserError(f"usage: python data/fineweb10B/prepare.py [number of train shards, 1 to {NUM_TRAIN_SHARDS}]")
     num_train_shards = int(argv[0]) if argv else NUM_TRAIN_SHARDS

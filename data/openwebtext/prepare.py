@@ -21,6 +21,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from configurator import exit_if_help  # noqa: E402
 from common import UserError, gpt2_encoding, run_main  # noqa: E402
 from data import DatasetFiles, Progress, encode_pieces, ordered_map  # noqa: E402
 
@@ -119,6 +120,7 @@ def load_openwebtext(num_proc, files=None, cache_dir=None):
 
 
 def main(argv):
+    exit_if_help(argv, __doc__)
     if len(argv) > 1 or (argv and not argv[0].isdigit()):
         raise UserError("usage: python data/openwebtext/prepare.py [number of worker processes]")
     num_proc = int(argv[0]) if argv else max(1, (os.cpu_count() or 2) // 2)

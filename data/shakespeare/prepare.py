@@ -11,6 +11,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from configurator import config_from_globals, load_config  # noqa: E402
 from common import gpt2_encoding, read_or_download_text, run_main  # noqa: E402
 from data import DatasetFiles  # noqa: E402
 
@@ -33,5 +34,10 @@ def prepare(data_dir, url=DATA_URL):
         out.write_tokens('val.bin', val_ids)
 
 
+def main(argv=None):
+    load_config(config_from_globals(globals()), argv)  # it takes no settings: only --help, anything else is refused
+    prepare(os.path.dirname(os.path.abspath(__file__)))
+
+
 if __name__ == '__main__':
-    run_main(lambda: prepare(os.path.dirname(os.path.abspath(__file__))))
+    run_main(main)
