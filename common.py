@@ -282,8 +282,32 @@ def gpt2_encoding():
     try:
         return tiktoken.get_encoding('gpt2')
     except Exception as e:  # requests' errors, without importing requests here
-        raise UserError(f"could not load GPT-2's BPE files ({type(e).__name__}); tiktoken downloads them once, "
-                        f"or set TIKTOKEN_CACHE_DIR to a folder that holds them") from None
+        raise _bpe_files_error(e) from None
+
+
+def _bpe_files_error(e):
+    return UserError(f"could not load GPT-2's BPE files ({type(e).__name__}); tiktoken downloads them once, "
+                     f"or set TIKTOKEN_CACHE_DIR to a folder that holds them")
+
+
+GPT2_BPE_URL = 'https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/'
+# tiktoken's own checks of the two files it builds GPT-2's encoding from (tiktoken_ext/openai_public.py)
+GPT2_BPE_FILES = {'encoder.json': '196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783',
+                  'vocab.bpe': '1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5'}
+
+
+def gpt2_bpe_files():
+    """
+    GPT-2's BPE as OpenAI published it, {'encoder.json': bytes, 'vocab.bpe': bytes}: the files tiktoken builds
+    its 'gpt2' encoding from, read from its cache (downloaded once). They are Hugging Face's vocab.json and
+    merges.txt.
+    """
+    import tiktoken.load
+    try:
+        return {name: tiktoken.load.read_file_cached(GPT2_BPE_URL + name, sha256)
+                for name, sha256 in GPT2_BPE_FILES.items()}
+    except Exception as e:
+        raise _bpe_files_error(e) from None
 
 
 def read_or_download_text(path, url, name):

@@ -16,6 +16,7 @@ import numpy as np
 
 from common import UserError
 
+PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
 SPLITS = {'train': 0, 'val': 1}
 # the uses of the seed, so that each draws from its own stream: a batch is a function of (seed, use, ...)
 TRAIN_BATCH, EVAL_BATCH, DROPOUT = 0, 1, 2
@@ -62,6 +63,25 @@ def load_tokenizer(path):
     if not os.path.isfile(path):
         raise UserError(f"the dataset's tokenizer file '{path}' is missing; prepare the dataset again")
     return tokenizers.Tokenizer.from_file(path)
+
+
+def dataset_tokenizer(data_dir):
+    """
+    What decodes a dataset's tokens, as a checkpoint stores it: {'kind': 'char', 'chars': [...]} (its meta.pkl's
+    characters, in id order), {'kind': 'bpe', 'json': ...} (the text of the tokenizer file its meta.pkl names),
+    else {'kind': 'gpt2'} (no meta.pkl: GPT-2's BPE).
+    """
+    path = os.path.join(data_dir, 'meta.pkl')
+    if not os.path.exists(path):
+        return {'kind': 'gpt2'}
+    meta = load_meta(path)
+    if 'tokenizer' in meta:
+        tokenizer_path = os.path.join(data_dir, os.path.basename(meta['tokenizer']))
+        if not os.path.isfile(tokenizer_path):
+            raise UserError(f"the dataset's tokenizer file '{tokenizer_path}' is missing; prepare the dataset again")
+        with open(tokenizer_path, encoding='utf-8') as f:
+            return {'kind': 'bpe', 'json': f.read()}
+    return {'kind': 'char', 'chars': [meta['itos'][i] for i in range(len(meta['itos']))]}
 
 
 def meta_vocab_size(data_dir):

@@ -181,17 +181,17 @@ def compare_text(names, configs):
 def load(cfg):
     """The model (in eval mode, on the device), the prompt as a (1, t) tensor, the decode function, the Runtime."""
     rt = setup(cfg.device, cfg.dtype)
-    model, train_config = sample.load_sampled_model(cfg)
+    model, tokenizer = sample.load_sampled_model(cfg)
     model.eval()
     model.to(rt.device)
-    encode, decode = sample.get_codec(train_config)
+    encode, decode = sample.get_codec(tokenizer)
     ids = encode(sample.read_prompt(cfg.start))
     if not ids:
         raise UserError("the prompt is empty; give one with --start=TEXT or --start=FILE:path")
     if max(ids) >= model.config.vocab_size:
         raise UserError(f"the prompt has token id {max(ids)}, past this model's vocabulary of "
-                        f"{model.config.vocab_size}: encoded with GPT-2's BPE for want of the dataset's meta.pkl? "
-                        f"run from the folder that holds data/")
+                        f"{model.config.vocab_size}: the checkpoint's tokenizer does not fit its model; use a "
+                        f"checkpoint that train.py wrote with the model's own data")
     if len(ids) > model.config.block_size:
         print(f"the prompt's {len(ids)} tokens are cropped to the last {model.config.block_size} (block_size)")
         ids = ids[-model.config.block_size:]

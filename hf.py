@@ -15,7 +15,7 @@ import numpy as np
 import requests
 import torch
 
-from common import UserError, download
+from common import UserError, download, gpt2_bpe_files
 
 # -----------------------------------------------------------------------------
 # safetensors: an 8-byte little-endian header length, a JSON header giving each tensor's dtype, shape and
@@ -244,6 +244,61 @@ def save_pretrained(model, hf_dir, dtype=torch.float32):
                       metadata={'format': 'pt'})  # transformers refuses a file without this
     with open(os.path.join(hf_dir, 'config.json'), 'w') as f:
         json.dump(hf_config(model.config, dtype), f, indent=2)
+
+
+# -----------------------------------------------------------------------------
+# tokenizers, in the files transformers' AutoTokenizer reads: GPT-2's vocab.json and merges.txt, a dataset's own
+# BPE's tokenizer.json as it is, or, for a character vocabulary, a tokenizer.json of the tokenizers library (a BPE
+# with no merges: one token per character)
+
+def save_tokenizer(tokenizer, hf_dir, block_size):
+    """Write the tokenizer a checkpoint names (see data.dataset_tokenizer) into hf_dir; returns the files written."""
+    config = {'model_max_length': block_size, 'clean_up_tokenization_spaces': False}
+    if tokenizer['kind'] == 'gpt2':
+        eot = '<|endoftext|>'
+        files = gpt2_bpe_files()
+        written = {'vocab.json': files['encoder.json'], 'merges.txt': files['vocab.bpe']}
+        config.update(tokenizer_class='GPT2Tokenizer', bos_token=eot, eos_token=eot, unk_token=eot,
+                      add_prefix_space=False)
+    elif tokenizer['kind'] == 'bpe':  # already a tokenizers file
+        written = {'tokenizer.json': tokenizer['json'].encode('utf-8')}
+        config.update(tokenizer_class='PreTrainedTokenizerFast')
+    elif tokenizer['kind'] == 'char':
+        model = {'type': 'BPE', 'dropout': None, 'unk_token': None, 'continuing_subword_prefix': None,
+                 'end_of_word_suffix': None, 'fuse_unk': False, 'byte_fallback': False, 'ignore_merges': False,
+                 'vocab': {c: i for i, c in enumerate(tokenizer['chars'])}, 'merges': []}
+        spec = {'version': '1.0', 'truncation': None, 'padding': None, 'added_tokens': [], 'normalizer': None,
+                'pre_tokenizer': None, 'post_processor': None, 'decoder': {'type': 'Fuse'}, 'model': model}
+        written = {'tokenizer.json': json.dumps(spec, ensure_ascii=False, indent=1).encode('utf-8')}
+        config.update(tokenizer_class='PreTrainedTokenizerFast')
+    else:
+        raise UserError(f"cannot write a tokenizer of kind '{tokenizer['kind']}' for Hugging Face")
+    written['tokenizer_config.json'] = json.dumps(config, indent=2).encode('utf-8')
+    for name, data in written.items():
+        with open(os.path.join(hf_dir, name), 'wb') as f:
+            f.write(data)
+    return sorted(written)
+
+
+def read_tokenizer(model_dir):
+    """
+    The tokenizer.json in a model folder: {'kind': 'char', 'chars': [...]} for a character vocabulary as
+    save_tokenizer writes it, else {'kind': 'bpe', 'json': its text}; None for a folder without one.
+    """
+    path = os.path.join(model_dir, 'tokenizer.json')
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+        model = json.loads(text).get('model', {})
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise UserError(f"'{path}' is not a tokenizer.json ({e})") from None
+    vocab = model.get('vocab')
+    if model.get('type') == 'BPE' and not model.get('merges') and isinstance(vocab, dict) \
+            and sorted(vocab.values()) == list(range(len(vocab))) and all(len(c) == 1 for c in vocab):
+        return {'kind': 'char', 'chars': sorted(vocab, key=vocab.get)}
+    return {'kind': 'bpe', 'json': text}
 
 
 # -----------------------------------------------------------------------------

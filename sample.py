@@ -10,13 +10,15 @@ The samples are generated as one batch; the first is printed as its tokens arriv
 """
 
 import os
+import re
 
 import torch
 
+import hf
 from common import UserError, gpt2_encoding, run_main, setup
 from configurator import ConfigError, as_namespace, config_from_globals, load_config
-from data import load_meta, load_tokenizer
-from model import load_model
+from data import PROJECT_DIR, dataset_tokenizer, import_tokenizers
+from model import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, load_model
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), 'gpt2'..'gpt2-xl', or a Hugging Face GPT-2 folder
@@ -38,34 +40,64 @@ TYPES = {'top_k': int, 'top_p': float, 'stop': (str, int)}
 
 
 def load_sampled_model(cfg):
-    """The model to sample from, and the checkpoint's training config (or {} for a pretrained model)."""
+    """The model to sample from, and its tokenizer (see find_tokenizer)."""
     model, checkpoint = load_model(cfg.init_from, cfg.out_dir)
-    return model, checkpoint.get('config', {}) if checkpoint else {}
+    return model, find_tokenizer(cfg.init_from, checkpoint, model.config.vocab_size)
 
 
-def get_codec(train_config):
+def find_tokenizer(init_from, checkpoint, vocab_size):
     """
-    encode/decode functions: the dataset's own vocabulary when it has a meta.pkl (its characters, or its BPE's
-    tokenizer file beside it), else GPT-2's BPE.
+    What decodes the model's tokens, wherever this runs: the tokenizer its checkpoint carries; for an older
+    checkpoint (nanoGPT's), its dataset's meta.pkl in this project's data folder; for a Hugging Face folder, the
+    tokenizer export_hf.py wrote there; else GPT-2's BPE, for a model with GPT-2's vocabulary size.
     """
-    meta_path = os.path.join('data', str(train_config.get('dataset', '')), 'meta.pkl')
-    if 'dataset' in train_config and os.path.exists(meta_path):
-        print(f"Loading meta from {meta_path}...")
-        meta = load_meta(meta_path)
-        if 'tokenizer' in meta:  # data/prepare_text.py's bpe
-            tok = load_tokenizer(os.path.join(os.path.dirname(meta_path), os.path.basename(meta['tokenizer'])))
-            return lambda s: tok.encode(s).ids, lambda ids: tok.decode(ids, skip_special_tokens=False)
-        stoi, itos = meta['stoi'], meta['itos']
+    if checkpoint is not None and 'tokenizer' in checkpoint:
+        return checkpoint['tokenizer']
+    if checkpoint is not None:
+        data_dir = os.path.join(PROJECT_DIR, 'data', str(checkpoint.get('config', {}).get('dataset')))
+        if os.path.exists(os.path.join(data_dir, 'meta.pkl')):
+            print(f"Loading meta from {os.path.join(data_dir, 'meta.pkl')}...")
+            return dataset_tokenizer(data_dir)
+    elif os.path.isdir(init_from):
+        found = hf.read_tokenizer(init_from)  # a folder of GPT-2 itself may hold GPT-2's BPE as a tokenizer.json
+        if found and (found['kind'] == 'char' or vocab_size not in (GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE)):
+            return found
+    if vocab_size in (GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE):
+        return {'kind': 'gpt2'}
+    raise UserError(f"no vocabulary found for this model of {vocab_size} tokens (not GPT-2's): its checkpoint "
+                    f"predates stored vocabularies and its dataset's meta.pkl is not in {PROJECT_DIR}/data; "
+                    f"put the meta.pkl there")
+
+
+class UnknownCharacters(UserError):
+    """Text with characters a character-level model's vocabulary lacks: said of the prompt, unless caught."""
+
+    def __init__(self, chars):
+        super().__init__(f"the prompt has characters the model's vocabulary lacks: {chars!r}; remove them")
+        self.chars = chars
+
+
+def get_codec(tokenizer):
+    """encode/decode functions for a tokenizer as find_tokenizer gives it: characters, a BPE file or GPT-2's BPE."""
+    if tokenizer['kind'] == 'char':
+        chars = tokenizer['chars']
+        stoi = {c: i for i, c in enumerate(chars)}
 
         def encode(s):
             unknown = sorted(set(c for c in s if c not in stoi))
             if unknown:
-                raise UserError(f"the prompt has characters the model's vocabulary lacks: "
-                                f"{''.join(unknown)!r}; remove them")
+                raise UnknownCharacters(''.join(unknown))
             return [stoi[c] for c in s]
-        return encode, lambda ids: ''.join(itos[i] for i in ids)
-    enc = gpt2_encoding()
-    return lambda s: enc.encode(s, allowed_special={'<|endoftext|>'}), enc.decode
+        return encode, lambda ids: ''.join(chars[i] for i in ids)
+    if tokenizer['kind'] == 'bpe':  # a dataset's own BPE (data/prepare_text.py), a Hugging Face tokenizers file
+        tok = import_tokenizers().Tokenizer.from_str(tokenizer['json'])
+        return lambda s: tok.encode(s).ids, lambda ids: tok.decode(ids, skip_special_tokens=False)
+    if tokenizer['kind'] == 'gpt2':
+        enc = gpt2_encoding()
+        # ids past GPT-2's 50,257 (the padding up to 50,304) are no text; transformers also decodes them to ''
+        return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'}),
+                lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]))
+    raise UserError(f"this model's tokenizer is of kind '{tokenizer['kind']}', which sample.py cannot decode")
 
 
 def read_prompt(start):
@@ -79,15 +111,32 @@ def read_prompt(start):
 
 
 def stop_token_id(stop, encode, vocab_size):
-    """The token id for the stop setting: an id as it is, a text that must encode to a single token."""
+    """
+    The token id for the stop setting: an id as it is, a text that must encode to a single token. The escapes
+    \\n, \\t, \\r and \\\\ in the text are read as Python reads them: --stop='\\n' typed in a shell is a newline.
+    """
     if stop is None:
         return None
-    ids = [stop] if isinstance(stop, int) else encode(stop)
+    if isinstance(stop, str):
+        stop = unescape(stop)
+    try:
+        ids = [stop] if isinstance(stop, int) else encode(stop)
+    except UnknownCharacters as e:
+        raise UserError(f"stop={stop!r} has characters the model's vocabulary lacks: {e.chars!r}; give one of "
+                        f"its characters or a token id") from None
     if len(ids) != 1:
         raise UserError(f"stop={stop!r} is {len(ids)} tokens, not one; give a single token's text or its id")
     if not 0 <= ids[0] < vocab_size:
         raise UserError(f"stop={stop!r} is not a token id of this model (0 to {vocab_size - 1})")
     return ids[0]
+
+
+ESCAPES = {'n': '\n', 't': '\t', 'r': '\r', '\\': '\\'}
+
+
+def unescape(text):
+    """text with \\n, \\t, \\r and \\\\ made the characters they stand for; other backslashes stay as they are."""
+    return re.sub(r'\\(.)', lambda m: ESCAPES.get(m[1], m[0]), text)
 
 
 def sample_text(start_ids, new_ids, decode, stop_id):
@@ -122,13 +171,13 @@ def sample(cfg):
         raise ConfigError(f"temperature={cfg.temperature} must be 0 (greedy) or more")
     rt = setup(cfg.device, cfg.dtype)
     torch.manual_seed(cfg.seed)
-    model, train_config = load_sampled_model(cfg)
+    model, tokenizer = load_sampled_model(cfg)
     model.eval()
     model.to(rt.device)
     if cfg.compile:
         print("compile=True has no effect here: generation's shapes change at every step")
 
-    encode, decode = get_codec(train_config)
+    encode, decode = get_codec(tokenizer)
     start_ids = encode(read_prompt(cfg.start))
     if not start_ids:
         raise UserError("the prompt is empty; give one with --start=TEXT or --start=FILE:path")

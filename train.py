@@ -30,7 +30,8 @@ import torch
 from common import (BEST, LAST, UserError, all_or_none, checkpoint_name, compile_blocker, local_rank0_first, print0,
                     run_main, save_checkpoint, setup, teardown)
 from configurator import ConfigError, as_namespace, config_from_globals, load_config
-from data import DROPOUT, EVAL_BATCH, SPLITS, TRAIN_BATCH, data_files, get_batch, meta_vocab_size
+from data import (DROPOUT, EVAL_BATCH, SPLITS, TRAIN_BATCH, data_files, dataset_tokenizer, get_batch,
+                  meta_vocab_size)
 from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, MODEL_ARGS, PADDED_VOCAB_SIZE, GPTConfig, load_model
 
 # -----------------------------------------------------------------------------
@@ -311,6 +312,7 @@ def save_run(name, raw_model, optimizer, scaler, iter_num, best_val_loss, cfg, r
         'best_val_loss': best_val_loss,
         'config': vars(cfg),
         'scaler': scaler.state_dict(),
+        'tokenizer': dataset_tokenizer(os.path.join('data', cfg.dataset)),  # so sampling needs no data folder
     }, path)
     print0(f"saving checkpoint to {path}")
     if name == BEST and os.path.exists(os.path.join(cfg.out_dir, LAST)):  # the newest state is ckpt.pt again

@@ -32,15 +32,16 @@ def char_data(tmp_path):
 def char_ckpt(char_data, monkeypatch):
     """A random char-level model saved as out/ckpt.pt, with char_data (holding data/shakespeare_char) as cwd."""
     from common import save_checkpoint
-    from data import load_meta
+    from data import dataset_tokenizer, load_meta
     from model import GPT, GPTConfig
     monkeypatch.chdir(char_data)
     vocab_size = load_meta(os.path.join('data', 'shakespeare_char', 'meta.pkl'))['vocab_size']
     model_args = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, bias=False, vocab_size=vocab_size)
     model = GPT(GPTConfig(**model_args))
     os.makedirs('out')
-    save_checkpoint({'model': model.state_dict(), 'model_args': model_args,
-                     'config': {'dataset': 'shakespeare_char'}}, os.path.join('out', 'ckpt.pt'))
+    save_checkpoint({'model': model.state_dict(), 'model_args': model_args, 'config': {'dataset': 'shakespeare_char'},
+                     'tokenizer': dataset_tokenizer(os.path.join('data', 'shakespeare_char'))},
+                    os.path.join('out', 'ckpt.pt'))
 
 
 @pytest.fixture

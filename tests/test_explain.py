@@ -10,7 +10,7 @@ import torch
 
 import explain
 import hf
-from common import UserError
+from common import UserError, save_checkpoint
 from helpers import needs_tiktoken_cache, run_in_process
 from model import GPT, GPTConfig, load_model
 from test_errors import assert_one_line_error
@@ -275,8 +275,9 @@ def test_mistakes_are_one_line(char_ckpt, args, fragments, status):
 
 
 def test_a_prompt_past_the_vocabulary_is_refused(char_ckpt):
-    # a char model's checkpoint without its dataset's meta.pkl falls back to GPT-2's BPE
+    # a checkpoint whose tokenizer does not fit its model: GPT-2's BPE named for a char model
     needs_tiktoken_cache()
-    os.remove(os.path.join('data', 'shakespeare_char', 'meta.pkl'))
+    path = os.path.join('out', 'ckpt.pt')
+    save_checkpoint(dict(torch.load(path, weights_only=True), tokenizer={'kind': 'gpt2'}), path)
     with pytest.raises(UserError, match='past this model.s vocabulary of 62'):
         explain.explain(explain_cfg(what='next', start='ROMEO and Juliet'))

@@ -375,4 +375,4 @@ def test_train_and_sample_on_a_prepared_chinese_corpus(tmp_path, tokenizer):
                        '--max_new_tokens=30', cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     samples = r.stdout.split('---------------')[:2]
-    assert all(is_cjk(s) for s in samples) and samples[0].split('\n', 1)[1].startswith('春')
+    assert all(is_cjk(s) for s in samples) and samples[0].startswith('春')  # the checkpoint carries the vocabulary

@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 from types import SimpleNamespace
 
@@ -6,10 +7,10 @@ import pytest
 import torch
 
 import sample
-from common import UserError
-from data import load_meta
+from common import UserError, save_checkpoint
+from data import dataset_tokenizer, load_meta
 from configurator import ConfigError, parse_config
-from helpers import needs_tiktoken_cache
+from helpers import needs_tiktoken_cache, run_in_process
 from model import GPT
 
 
@@ -23,9 +24,9 @@ def sample_cfg(**overrides):
 def reference_texts(cfg, stop_id=None):
     """What sample.py must print: the same seed and model, generate without the cache, decoded at the end."""
     torch.manual_seed(cfg['seed'])
-    model, train_config = sample.load_sampled_model(SimpleNamespace(**cfg))  # builds the model as sample does
+    model, tokenizer = sample.load_sampled_model(SimpleNamespace(**cfg))  # builds the model as sample does
     model.eval()
-    encode, decode = sample.get_codec(train_config)
+    encode, decode = sample.get_codec(tokenizer)
     start_ids = encode(cfg['start'])
     x = torch.tensor([start_ids] * cfg['num_samples'])
     y = model.generate(x, cfg['max_new_tokens'], temperature=cfg['temperature'], top_k=cfg['top_k'],
@@ -40,7 +41,7 @@ def test_printed_text_equals_the_uncached_batch(char_ckpt, capsys, top_p):
     out = capsys.readouterr().out
     expected = reference_texts(cfg)
     assert texts == expected and all(t.startswith('ROMEO:') and len(t) == 46 for t in texts)
-    assert out.split('\n', 1)[1] == ''.join(f'{t}\n---------------\n' for t in expected)
+    assert out == ''.join(f'{t}\n---------------\n' for t in expected)
 
 
 def test_first_sample_is_printed_as_it_is_generated(char_ckpt, monkeypatch):
@@ -58,7 +59,7 @@ def test_first_sample_is_printed_as_it_is_generated(char_ckpt, monkeypatch):
                                                        flush=lambda: None))
     texts = sample.sample(sample_cfg())
     # with characters for tokens, the prompt and then every new character appear before the next is generated
-    streamed = ''.join(s for n, s in writes if n < 40).split('\n', 1)[1]  # after the 'Loading meta' line
+    streamed = ''.join(s for n, s in writes if n < 40)
     assert streamed == texts[0][:-1]
     assert {n for n, _ in writes} >= set(range(41))
 
@@ -89,7 +90,7 @@ def test_stop_token_id(char_data):
 
 def test_stop_token_id_for_gpt2_end_of_text():
     needs_tiktoken_cache()
-    encode, _ = sample.get_codec({})
+    encode, _ = sample.get_codec({'kind': 'gpt2'})
     assert sample.stop_token_id('<|endoftext|>', encode, 50304) == 50256
     assert sample.stop_token_id(50256, encode, 50304) == 50256
 
@@ -103,7 +104,7 @@ def test_top_p_and_stop_on_the_command_line():
 
 def test_print_new_text_holds_back_an_unfinished_character(capsys):
     needs_tiktoken_cache()
-    encode, decode = sample.get_codec({})
+    encode, decode = sample.get_codec({'kind': 'gpt2'})
     text = 'naïve 🦜 日本語'
     ids = encode(text)
     assert '\ufffd' in decode(ids[:-1])  # byte-level tokens: a prefix can end inside a character
@@ -116,3 +117,56 @@ def test_print_new_text_holds_back_an_unfinished_character(capsys):
 def test_no_samples_is_a_user_error():
     with pytest.raises(ConfigError, match='num_samples=0'):
         sample.sample(sample_cfg(num_samples=0))
+
+
+# -----------------------------------------------------------------------------
+# decoding from any folder: the checkpoint carries its vocabulary
+
+def test_a_char_model_samples_the_same_text_elsewhere_without_the_data_folder(char_ckpt, tmp_path, monkeypatch):
+    here = sample.sample(sample_cfg(temperature=0.0, num_samples=1))
+    meta = load_meta(os.path.join('data', 'shakespeare_char', 'meta.pkl'))
+    elsewhere = tmp_path / 'elsewhere'
+    shutil.move('out', str(elsewhere / 'out'))
+    shutil.rmtree('data')
+    monkeypatch.chdir(elsewhere)
+    assert sample.sample(sample_cfg(temperature=0.0, num_samples=1)) == here
+    assert here[0].startswith('ROMEO:') and len(here[0]) == len('ROMEO:') + 40
+    assert set(here[0]) <= set(meta['stoi'])  # decoded with the dataset's characters, not GPT-2's BPE
+
+
+def strip_tokenizer(path):
+    """The checkpoint at path as nanoGPT (and this project before it stored vocabularies) wrote it."""
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt['tokenizer']
+    save_checkpoint(ckpt, path)
+
+
+def test_an_older_checkpoint_decodes_through_the_projects_meta_pkl(char_ckpt, tmp_path, monkeypatch):
+    here = sample.sample(sample_cfg(temperature=0.0, num_samples=1))
+    strip_tokenizer(os.path.join('out', 'ckpt.pt'))
+    monkeypatch.setattr(sample, 'PROJECT_DIR', os.getcwd())  # the project's data/shakespeare_char/meta.pkl
+    monkeypatch.chdir(tmp_path)
+    assert sample.sample(sample_cfg(out_dir=str(char_ckpt_dir(tmp_path)), temperature=0.0, num_samples=1)) == here
+
+
+def char_ckpt_dir(tmp_path):
+    return next(tmp_path.rglob('ckpt.pt')).parent
+
+
+def test_an_older_char_checkpoint_without_its_meta_pkl_is_refused_in_one_line(char_ckpt, tmp_path, monkeypatch):
+    strip_tokenizer(os.path.join('out', 'ckpt.pt'))
+    monkeypatch.setattr(sample, 'PROJECT_DIR', str(tmp_path / 'no-project'))
+    r = run_in_process('sample.py', '--out_dir=out', '--device=cpu', '--max_new_tokens=5', cwd=os.getcwd())
+    assert r.returncode == 1 and r.stdout == ''
+    assert r.stderr.count('\n') == 1 and 'no vocabulary found' in r.stderr and 'meta.pkl' in r.stderr
+
+
+def test_stop_as_typed_in_a_shell(char_ckpt):
+    encode, _ = sample.get_codec(dataset_tokenizer(os.path.join('data', 'shakespeare_char')))
+    newline = encode('\n')[0]
+    assert sample.stop_token_id('\\n', encode, 65) == newline  # --stop='\n': a backslash and an n
+    assert sample.stop_token_id("\n", encode, 65) == newline  # --stop="'\n'": a Python literal
+    with pytest.raises(UserError, match=r"stop='é' has characters the model's vocabulary lacks"):
+        sample.stop_token_id('é', encode, 65)
+    with pytest.raises(UserError, match="the prompt has characters"):
+        sample.sample(sample_cfg(start='café'))
