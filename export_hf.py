@@ -1,11 +1,13 @@
 """
 Export a checkpoint of train.py as a Hugging Face GPT-2 folder (config.json plus model.safetensors), which
-transformers loads with GPT2LMHeadModel.from_pretrained(hf_dir), and GPT.from_pretrained(hf_dir) loads back.
+transformers loads with GPT2LMHeadModel.from_pretrained(hf_dir), and GPT.from_pretrained(hf_dir) (or sample.py
+--init_from=hf_dir) loads back.
 
 $ python export_hf.py --out_dir=out-shakespeare --hf_dir=gpt2-shakespeare
 
 A model trained with bias=False gets zero biases (HF's GPT-2 always has them); a padded vocabulary stays
-padded. The folder holds no tokenizer: a model trained on GPT-2's BPE pairs with AutoTokenizer's 'gpt2'.
+padded. The folder holds the model's tokenizer, so AutoTokenizer.from_pretrained(hf_dir) works offline: GPT-2's
+vocab.json and merges.txt for a GPT-2 BPE model, a tokenizer.json of its characters for a char-level model.
 """
 
 import os
@@ -16,6 +18,7 @@ import hf
 from common import DTYPES, UserError, load_checkpoint, run_main
 from configurator import as_namespace, config_from_globals, load_config
 from model import GPT
+from sample import find_tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the run to export
@@ -37,10 +40,17 @@ def export(cfg):
     # the training dropout goes into config.json, for finetuning with transformers
     model = GPT.from_checkpoint(ckpt, path, dropout=ckpt.get('config', {}).get('dropout', 0.0))
     hf_dir = cfg.hf_dir or cfg.out_dir.rstrip('/\\') + '-hf'
+    try:
+        tokenizer = find_tokenizer('resume', ckpt, model.config.vocab_size)
+    except UserError as e:  # the weights are still worth exporting
+        tokenizer = None
+        print(f"note: no tokenizer written: {e}")
+    # the tokenizer first: it may need GPT-2's BPE files, and a failure then leaves no half-written folder
+    files = hf.save_tokenizer(tokenizer, hf_dir, model.config.block_size) if tokenizer else []
     hf.save_pretrained(model, hf_dir, getattr(torch, cfg.dtype))
     n_params = model.get_num_params(non_embedding=False)
-    print(f"wrote {hf_dir}: config.json and model.safetensors ({n_params / 1e6:.2f}M parameters, "
-          f"vocab_size {model.config.vocab_size}, block_size {model.config.block_size})")
+    print(f"wrote {hf_dir}: {', '.join(['config.json', 'model.safetensors'] + files)} ({n_params / 1e6:.2f}M "
+          f"parameters, vocab_size {model.config.vocab_size}, block_size {model.config.block_size})")
     return hf_dir
 
 

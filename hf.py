@@ -274,6 +274,7 @@ def save_tokenizer(tokenizer, hf_dir, block_size):
     else:
         raise UserError(f"cannot write a tokenizer of kind '{tokenizer['kind']}' for Hugging Face")
     written['tokenizer_config.json'] = json.dumps(config, indent=2).encode('utf-8')
+    os.makedirs(hf_dir, exist_ok=True)
     for name, data in written.items():
         with open(os.path.join(hf_dir, name), 'wb') as f:
             f.write(data)

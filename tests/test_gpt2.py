@@ -17,6 +17,7 @@ import hf
 import sample
 import train
 from common import UserError, load_checkpoint
+from data import load_meta
 from helpers import SHAKESPEARE, load_script, needs_tiktoken_cache, run_script, tiny_model, tiny_run
 from model import GPT, GPTConfig
 
@@ -198,6 +199,7 @@ def test_sample_gpt2_offline_is_one_line(tmp_path):
 def test_export_to_transformers(tmp_path, monkeypatch, bias):
     """A tiny trained checkpoint, exported, loads in transformers with the same logits; bias=False: zero biases."""
     transformers = pytest.importorskip('transformers', reason='transformers is the reference implementation')
+    needs_tiktoken_cache()  # the export writes GPT-2's tokenizer files
     monkeypatch.chdir(tmp_path)
     bpe_dataset(tmp_path)
     ours = train.train(train_cfg(tmp_path, bias=bias, dropout=0.1))['model'].eval()
@@ -278,3 +280,53 @@ def test_prepare_shakespeare_bpe(tmp_path):
     enc = tiktoken.get_encoding('gpt2')
     assert enc.decode(train_ids.tolist()) + enc.decode(val_ids.tolist()) == text
     assert not (tmp_path / 'meta.pkl').exists()  # the vocabulary is GPT-2's
+
+
+# -----------------------------------------------------------------------------
+# the exported tokenizer: transformers' AutoTokenizer, offline, and greedy text as sample.py's
+
+def transformers_greedy(hf_dir, prompt, max_new_tokens, monkeypatch):
+    """The text transformers generates, greedy, from an exported folder and its own tokenizer, with no network."""
+    transformers = pytest.importorskip('transformers', reason='transformers is the reference implementation')
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
+    model = transformers.GPT2LMHeadModel.from_pretrained(str(hf_dir), local_files_only=True).eval()
+    ids = tokenizer(prompt, return_tensors='pt').input_ids
+    out = model.generate(ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=0)
+    return tokenizer.decode(out[0]), ids[0].tolist()
+
+
+def greedy_sample(prompt, max_new_tokens, **cfg):
+    return sample.sample(dict(sample.DEFAULTS, device='cpu', dtype='float32', temperature=0.0, num_samples=1,
+                              start=prompt, max_new_tokens=max_new_tokens, **cfg))[0]
+
+
+def test_exported_char_model_and_tokenizer_generate_as_sample_py(char_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(char_data)
+    train.train(train_cfg(char_data, dataset='shakespeare_char', max_iters=20, eval_interval=10,
+                          learning_rate=1e-2))
+    hf_dir = tmp_path / 'char-hf'
+    export_hf.export(dict(export_hf.DEFAULTS, out_dir=str(char_data / 'out'), hf_dir=str(hf_dir)))
+    ours = greedy_sample('ROMEO:\n', 24, out_dir=str(char_data / 'out'))
+    theirs, ids = transformers_greedy(hf_dir, 'ROMEO:\n', 24, monkeypatch)
+    meta = load_meta(str(char_data / 'data' / 'shakespeare_char' / 'meta.pkl'))
+    assert ids == [meta['stoi'][c] for c in 'ROMEO:\n']  # one token per character, the dataset's ids
+    assert theirs == ours and len(ours) == len('ROMEO:\n') + 24
+    # and sample.py reads the folder's vocabulary back, from anywhere
+    monkeypatch.chdir(tmp_path)
+    assert greedy_sample('ROMEO:\n', 24, init_from=str(hf_dir)) == ours
+
+
+def test_exported_bpe_model_and_tokenizer_generate_as_sample_py(tmp_path, monkeypatch):
+    needs_tiktoken_cache()
+    monkeypatch.chdir(tmp_path)
+    bpe_dataset(tmp_path)
+    train.train(train_cfg(tmp_path, max_iters=10, eval_interval=10, learning_rate=1e-2))
+    hf_dir = tmp_path / 'bpe-hf'
+    export_hf.export(dict(export_hf.DEFAULTS, out_dir=str(tmp_path / 'out'), hf_dir=str(hf_dir)))
+    assert {'vocab.json', 'merges.txt', 'tokenizer_config.json'} <= set(os.listdir(hf_dir))
+    ours = greedy_sample('Once upon a time', 12, out_dir=str(tmp_path / 'out'))
+    theirs, ids = transformers_greedy(hf_dir, 'Once upon a time', 12, monkeypatch)
+    assert ids == [7454, 2402, 257, 640]  # GPT-2's own ids for it
+    assert theirs == ours
