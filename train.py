@@ -21,16 +21,17 @@ import importlib.util
 import json
 import math
 import os
+import shlex
 import signal
 import time
 
 import numpy as np
 import torch
 
-from common import (BEST, LAST, UserError, all_or_none, checkpoint_name, compile_blocker, local_rank0_first, print0,
-                    run_main, save_checkpoint, setup, teardown)
+from common import (BEST, LAST, UserError, all_or_none, checkpoint_name, checkpoint_path, compile_blocker,
+                    local_rank0_first, print0, run_main, save_checkpoint, setup, teardown)
 from configurator import ConfigError, as_namespace, config_from_globals, load_config
-from data import (DROPOUT, EVAL_BATCH, SPLITS, TRAIN_BATCH, data_files, dataset_tokenizer, get_batch,
+from data import (DROPOUT, EVAL_BATCH, PROJECT_DIR, SPLITS, TRAIN_BATCH, data_files, dataset_tokenizer, get_batch,
                   meta_vocab_size)
 from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, MODEL_ARGS, PADDED_VOCAB_SIZE, GPTConfig, load_model
 
@@ -99,6 +100,25 @@ def check_settings(cfg):
         raise ConfigError(f"n_embd={cfg.n_embd} must be a multiple of n_head={cfg.n_head}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"dropout={cfg.dropout} must be in [0, 1)")
+
+
+def schedule_warnings(cfg):
+    """One line for each learning rate schedule that cannot be what was meant (for settings changed in part)."""
+    if not cfg.decay_lr:
+        return []
+    warnings = []
+    if cfg.warmup_iters > cfg.max_iters:
+        warnings.append(f"warmup_iters={cfg.warmup_iters} is longer than the run (max_iters={cfg.max_iters}): the "
+                        f"learning rate never reaches learning_rate; lower warmup_iters")
+    if cfg.lr_decay_iters < cfg.warmup_iters:
+        warnings.append(f"lr_decay_iters={cfg.lr_decay_iters} ends before the warmup (warmup_iters="
+                        f"{cfg.warmup_iters}): the learning rate drops to min_lr at once after it")
+    elif cfg.lr_decay_iters > cfg.max_iters:
+        done = (cfg.max_iters - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+        warnings.append(f"lr_decay_iters={cfg.lr_decay_iters} is past the end of the run (max_iters="
+                        f"{cfg.max_iters}): the decay is {max(done, 0):.0%} done when it ends; set "
+                        f"lr_decay_iters={cfg.max_iters} for a full decay")
+    return warnings
 
 
 def get_lr(it, cfg):
@@ -299,8 +319,11 @@ def evaluate(model, raw_model, files, hellaswag_set, cfg, rt):
     return record, line
 
 
-def save_run(name, raw_model, optimizer, scaler, iter_num, best_val_loss, cfg, rt):
-    """Write the run's state to out_dir/name (master only); a new best ckpt.pt replaces ckpt_last.pt."""
+def save_run(name, raw_model, optimizer, scaler, iter_num, best, cfg, rt):
+    """
+    Write the run's state to out_dir/name (master only); a new best ckpt.pt replaces ckpt_last.pt. best is
+    (best val loss, its iteration).
+    """
     if not rt.master:
         return
     path = os.path.join(cfg.out_dir, name)
@@ -309,7 +332,8 @@ def save_run(name, raw_model, optimizer, scaler, iter_num, best_val_loss, cfg, r
         'optimizer': optimizer.state_dict(),
         'model_args': {k: getattr(raw_model.config, k) for k in MODEL_ARGS},
         'iter_num': iter_num,
-        'best_val_loss': best_val_loss,
+        'best_val_loss': best[0],
+        'best_iter': best[1],
         'config': vars(cfg),
         'scaler': scaler.state_dict(),
         'tokenizer': dataset_tokenizer(os.path.join('data', cfg.dataset)),  # so sampling needs no data folder
@@ -420,6 +444,57 @@ class StopRequest:
 
 
 # -----------------------------------------------------------------------------
+# the console: what will run, how fast it goes, and what it left
+
+def run_header(cfg, rt, raw_model, model, files, iter_num, best):
+    """The lines a run starts with: the model, the machine, the data, the batch, where it writes, where it starts."""
+    c = raw_model.config
+    compiled = hasattr(getattr(model, 'module', model), '_orig_mod')  # torch.compile's wrapper, maybe in DDP's
+    tokens = {split: sum(n for _, _, n in split_files) for split, split_files in files.items()}
+    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * c.block_size
+    processes = f", {rt.world_size} processes" if rt.ddp else ''
+    start = (f"resuming from iteration {iter_num}, best val loss {best[0]:.4f}" if iter_num
+             else "starting at iteration 0")
+    lines = [
+        f"model: {raw_model.get_num_params():,} parameters (n_layer {c.n_layer}, n_head {c.n_head}, "
+        f"n_embd {c.n_embd}, block_size {c.block_size}, vocab_size {c.vocab_size})",
+        f"device: {rt.device}, dtype {rt.dtype}, {torch.get_num_threads()} threads, "
+        f"compile {'on' if compiled else 'off'}{processes}",
+        f"data: data/{cfg.dataset}, {tokens['train']:,} train and {tokens['val']:,} val tokens",
+        f"tokens per iteration will be: {tokens_per_iter:,} (gradient_accumulation_steps "
+        f"{cfg.gradient_accumulation_steps} x batch_size {cfg.batch_size} x block_size {c.block_size})",
+        f"out_dir: {cfg.out_dir}; {start}, up to max_iters {cfg.max_iters}",
+    ]
+    if iter_num >= cfg.max_iters > 0 and not cfg.eval_only:
+        lines.append(f"the run already reached max_iters={cfg.max_iters}: this evaluates and stops; raise max_iters "
+                     f"(e.g. --max_iters={2 * cfg.max_iters}) to train on")
+    return lines
+
+
+def log_line(iter_num, lossf, dt, tokens_per_iter, mfu, cfg):
+    eta = dt * (cfg.max_iters - iter_num)
+    eta_text = f"{eta / 3600:.1f}h" if eta >= 3600 else f"{eta / 60:.1f}min"
+    mfu_text = f", mfu {mfu * 100:.2f}%" if mfu is not None else ''  # only where the device's peak is known
+    return (f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms/iter, tok/s {tokens_per_iter / dt:,.0f}"
+            f"{mfu_text}, eta {eta_text}")
+
+
+def summary(iter_num, start_iter, best_val_loss, best_iter, cfg):
+    """The lines a run ends with: where it got to, its best val loss, its checkpoint and how to sample from it."""
+    path = checkpoint_path(cfg.out_dir, 'use')
+    if not os.path.exists(path):
+        return [f"stopped at iteration {iter_num}: no checkpoint in {cfg.out_dir} (none is written before the "
+                f"first eval after iteration {start_iter})"]
+    best = f"best val loss {best_val_loss:.4f}" + (f" at iteration {best_iter}" if best_iter is not None else '')
+    sample_py = os.path.join(PROJECT_DIR, 'sample.py')
+    if os.path.dirname(os.path.abspath(sample_py)) == os.getcwd():
+        sample_py = 'sample.py'  # run from the project's folder, as the README does
+    return [f"{'done' if iter_num >= cfg.max_iters else 'stopped'}: iteration {iter_num} of {cfg.max_iters}, {best}",
+            f"checkpoint: {path}",
+            f"sample from it: python {shlex.quote(sample_py)} --out_dir={shlex.quote(cfg.out_dir)}"]
+
+
+# -----------------------------------------------------------------------------
 # the run
 
 def train(cfg):
@@ -454,7 +529,7 @@ def prepare_small_dataset(dataset, data_dir):
 def start_run(cfg, rt):
     """
     Everything a run starts from: the data's files, the model (plain and as trained), the optimizer and scaler,
-    the iteration and best val loss to go on from, and the HellaSwag examples when they are scored.
+    the iteration and best (val loss, iteration) to go on from, and the HellaSwag examples when they are scored.
     """
     data_dir = os.path.join('data', cfg.dataset)
     local_rank0_first(rt, lambda: prepare_small_dataset(cfg.dataset, data_dir))  # one process per node prepares
@@ -471,26 +546,26 @@ def start_run(cfg, rt):
     raw_model.to(rt.device)
     hellaswag_set = load_hellaswag(cfg, raw_model, rt) if cfg.eval_hellaswag else None
     optimizer, scaler = init_optimizer(raw_model, checkpoint, cfg, rt)
-    iter_num, best_val_loss = 0, float('inf')
+    iter_num, best = 0, (float('inf'), None)
     if checkpoint is not None:
-        iter_num, best_val_loss = int(checkpoint['iter_num']), float(checkpoint['best_val_loss'])
-        print0(f"resuming from iteration {iter_num}, best val loss {best_val_loss:.4f}")
+        iter_num, best = int(checkpoint['iter_num']), (float(checkpoint['best_val_loss']), checkpoint.get('best_iter'))
     model = wrap_model(raw_model, cfg.compile, rt)
-    return files, raw_model, model, optimizer, scaler, iter_num, best_val_loss, hellaswag_set
+    return files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set
 
 
 def train_loop(cfg, rt, stop):
     accum_steps = cfg.gradient_accumulation_steps // rt.world_size  # micro-steps on each process
-    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    print0(f"tokens per iteration will be: {tokens_per_iter:,}")
-    files, raw_model, model, optimizer, scaler, iter_num, best_val_loss, hellaswag_set = start_run(cfg, rt)
+    files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set = start_run(cfg, rt)
+    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * raw_model.config.block_size
+    for line in run_header(cfg, rt, raw_model, model, files, iter_num, best) + schedule_warnings(cfg):
+        print0(line)
     # the batch of (iteration, micro-step), a function of the seed alone: the same for 1 or N processes
     train_batch = functools.partial(get_batch, files['train'], cfg.batch_size, raw_model.config.block_size,
                                     cfg.seed, TRAIN_BATCH, device=rt.device)
     batch = train_batch(iter_num, rt.rank * accum_steps)
     # non-finite losses are counted on the device and checked where the loop syncs anyway
     nonfinite = torch.zeros(2, dtype=torch.long, device=rt.device)
-    start_iter, t_start, t0, timed_from = iter_num, time.time(), time.time(), iter_num
+    start_iter, t0, timed_from = iter_num, time.time(), iter_num
     stop.armed = not cfg.eval_only
     with RunLog(cfg, rt) as log:
         while True:
@@ -507,12 +582,12 @@ def train_loop(cfg, rt, stop):
                     raise nonfinite_error(iter_num, cfg, rt)  # the same losses on every process: all stop here
                 if cfg.eval_only:
                     break
-                improved = record['val_loss'] < best_val_loss
-                best_val_loss = min(best_val_loss, record['val_loss'])
+                improved = record['val_loss'] < best[0]
+                best = (record['val_loss'], iter_num) if improved else best
                 # the final weights are kept too, as ckpt_last.pt when they are not the best
                 if iter_num > start_iter and (improved or cfg.always_save_checkpoint or final):
                     save_run(checkpoint_name(improved, cfg.always_save_checkpoint), raw_model, optimizer, scaler,
-                             iter_num, best_val_loss, cfg, rt)
+                             iter_num, best, cfg, rt)
                 t0, timed_from = time.time(), iter_num  # time the training steps alone
             if final:
                 break
@@ -529,11 +604,10 @@ def train_loop(cfg, rt, stop):
                 lossf = loss.item()  # the last micro-step's loss; waits for the device, so the clock counts its work
                 t1 = time.time()
                 dt, t0, timed_from = (t1 - t0) / (iter_num - timed_from), t1, iter_num  # per iteration since then
-                mfu = raw_model.estimate_mfu(cfg.batch_size * accum_steps, dt, rt.dtype)  # this process, one device
-                eta = (time.time() - t_start) / (iter_num - start_iter) * (cfg.max_iters - iter_num)
-                mfu_text = f"{mfu * 100:.2f}%" if mfu is not None else 'n/a'
-                print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, "
-                      f"tok/s {tokens_per_iter / dt:,.0f}, mfu {mfu_text}, eta {eta / 60:.1f}min")
+                # MFU where the device's peak is known and steady (a GPU's table entry), this process on one device
+                mfu = (raw_model.estimate_mfu(cfg.batch_size * accum_steps, dt, rt.dtype)
+                       if rt.device_type == 'cuda' else None)
+                print(log_line(iter_num, lossf, dt, tokens_per_iter, mfu, cfg))
                 log({'iter': iter_num, 'loss': lossf, 'lr': lr, 'ms': dt * 1000, 'tok_s': tokens_per_iter / dt,
                      'mfu': mfu})
             # under DDP every process checks at the same iterations, since the check is a collective
@@ -541,12 +615,15 @@ def train_loop(cfg, rt, stop):
                 if check_stop(nonfinite, stop, iter_num, cfg, rt):
                     print0(f"stop requested at iteration {iter_num}")
                     save_run(checkpoint_name(False, cfg.always_save_checkpoint), raw_model, optimizer, scaler,
-                             iter_num, best_val_loss, cfg, rt)
+                             iter_num, best, cfg, rt)
                     break
     if rt.ddp:
         # wait for rank 0's last checkpoint: a process that leaves the group early can abort the others' gloo
         torch.distributed.barrier()
-    return {'iter_num': iter_num, 'best_val_loss': best_val_loss, 'model': raw_model}
+    if not cfg.eval_only:
+        for line in summary(iter_num, start_iter, *best, cfg):
+            print0(line)
+    return {'iter_num': iter_num, 'best_val_loss': best[0], 'model': raw_model}
 
 
 def main(argv=None):
