@@ -1,4 +1,5 @@
 import os
+import shlex
 import shutil
 import sys
 from types import SimpleNamespace
@@ -10,7 +11,7 @@ import sample
 from common import UserError, save_checkpoint
 from data import dataset_tokenizer, load_meta
 from configurator import ConfigError, parse_config
-from helpers import needs_tiktoken_cache, run_in_process
+from helpers import REPO, needs_tiktoken_cache, run_in_process
 from model import GPT
 
 
@@ -170,3 +171,27 @@ def test_stop_as_typed_in_a_shell(char_ckpt):
         sample.stop_token_id('é', encode, 65)
     with pytest.raises(UserError, match="the prompt has characters"):
         sample.sample(sample_cfg(start='café'))
+
+
+def readme_sample_commands(out_dir):
+    """The README's `python sample.py` command lines for the run in out_dir, as argument lists."""
+    with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
+        commands = [shlex.split(line, comments=True) for line in f if line.startswith('python sample.py ')]
+    return [args[2:] for args in commands if args[2] == f'--out_dir={out_dir}']
+
+
+def test_the_readme_sampling_examples_do_what_they_say(char_ckpt):
+    os.rename('out', 'out-shakespeare-char')
+    with open('prompt.txt', 'w') as f:
+        f.write('ROMEO:\n')
+    commands = readme_sample_commands('out-shakespeare-char')
+    assert len(commands) >= 4
+    for args in commands:
+        r = run_in_process('sample.py', *args, '--device=cpu', '--max_new_tokens=30', cwd=os.getcwd())
+        assert r.returncode == 0, (args, r.stderr)
+        cfg = parse_config(sample.DEFAULTS, args, sample.TYPES)
+        samples = r.stdout.split('---------------\n')[:-1]
+        prompt = sample.read_prompt(cfg['start'])
+        assert len(samples) == cfg['num_samples'] and all(s.startswith(prompt) for s in samples), args
+        if cfg['stop'] is not None:  # --stop='\n': each sample is the rest of the prompt's line
+            assert all('\n' not in s[len(prompt):-1] for s in samples), args
