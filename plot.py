@@ -132,8 +132,8 @@ def plot_runs(runs, path):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    out_dirs = [a for a in argv if not a.startswith('--')]
-    cfg = load_config(DEFAULTS, [a for a in argv if a.startswith('--')], TYPES)
+    out_dirs = [a for a in argv if not a.startswith('-')]
+    cfg = load_config(DEFAULTS, [a for a in argv if a.startswith('-')], TYPES)  # settings, and -h for the help
     if not out_dirs:
         raise UserError("give one or more run folders: python plot.py OUT_DIR [OUT_DIR ...] [--png=path]")
     runs = {d: read_log(d) for d in out_dirs}

@@ -155,7 +155,8 @@ def test_shipped_config_files_are_valid():
 # --help
 
 SCRIPTS_WITH_SETTINGS = {'train.py': "--batch_size=12", 'sample.py': "--num_samples=10", 'bench.py': "--mode='train'",
-                         'export_hf.py': "--dtype='float32'", 'hellaswag.py': "--max_examples=None"}
+                         'export_hf.py': "--dtype='float32'", 'hellaswag.py': "--max_examples=None",
+                         'explain.py': "--top_k=10", 'plot.py': "--png=None"}
 PREPARE_SCRIPTS = ['data/shakespeare_char/prepare.py', 'data/shakespeare/prepare.py',
                    'data/fineweb10B/prepare.py', 'data/openwebtext/prepare.py']
 
@@ -184,6 +185,15 @@ def test_prepare_help_exits_before_touching_the_data(script, tmp_path, monkeypat
     with pytest.raises(SystemExit) as e:
         module.main(['--help'])
     assert e.value.code == 0
+
+
+def test_prepare_text_help_lists_its_settings_and_touches_nothing(tmp_path, monkeypatch, capsys):
+    module = load_script('data/prepare_text.py', 'prepare_text_help')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        module.main(['--input=missing.txt', '-h'])
+    assert e.value.code == 0 and "--tokenizer='char'" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_help_on_the_real_command_line(tmp_path):
