@@ -1,8 +1,7 @@
 # a small GPT-2 BPE model trained from scratch on Tiny Shakespeare, sized for a laptop CPU
-# $ python data/shakespeare/prepare.py
 # $ python train.py config/train_shakespeare_cpu.py
 # Without this file, train.py's defaults are GPT-2's run on 8 GPUs (40 micro-steps, 200 eval batches,
-# 2,000 warmup iterations): every one of those is set here for a run of minutes.
+# 2,000 warmup iterations): every one of those is set here for a small CPU run.
 
 out_dir = 'out-shakespeare-cpu'
 eval_interval = 100
