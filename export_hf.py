@@ -7,7 +7,8 @@ $ python export_hf.py --out_dir=out-shakespeare --hf_dir=gpt2-shakespeare
 
 A model trained with bias=False gets zero biases (HF's GPT-2 always has them); a padded vocabulary stays
 padded. The folder holds the model's tokenizer, so AutoTokenizer.from_pretrained(hf_dir) works offline: GPT-2's
-vocab.json and merges.txt for a GPT-2 BPE model, a tokenizer.json of its characters for a char-level model.
+vocab.json and merges.txt for a GPT-2 BPE model, a tokenizer.json of its characters for a char-level model, the
+dataset's own tokenizer.json for a model of data/prepare_text.py's bpe.
 """
 
 import os

@@ -6,6 +6,7 @@ training, sampling and export with pretrained models; Tiny Shakespeare in GPT-2'
 import json
 import os
 import shutil
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,7 +19,7 @@ import sample
 import train
 from common import UserError, load_checkpoint
 from data import load_meta
-from helpers import SHAKESPEARE, load_script, needs_tiktoken_cache, run_script, tiny_model, tiny_run
+from helpers import SHAKESPEARE, load_script, needs_tiktoken_cache, run_script, shakespeare_text, tiny_model, tiny_run
 from model import GPT, GPTConfig
 
 
@@ -330,3 +331,23 @@ def test_exported_bpe_model_and_tokenizer_generate_as_sample_py(tmp_path, monkey
     theirs, ids = transformers_greedy(hf_dir, 'Once upon a time', 12, monkeypatch)
     assert ids == [7454, 2402, 257, 640]  # GPT-2's own ids for it
     assert theirs == ours
+
+
+def test_exported_own_bpe_model_and_tokenizer_generate_as_sample_py(tmp_path, monkeypatch):
+    """A dataset's own BPE (data/prepare_text.py): the checkpoint carries its tokenizer file, the export writes it."""
+    pytest.importorskip('tokenizers', reason="the dataset's own BPE is a tokenizers file")
+    from configurator import parse_config
+    pt = load_script('data/prepare_text.py', 'prepare_text')
+    monkeypatch.setitem(sys.modules, pt.__name__, pt)
+    (tmp_path / 'corpus.txt').write_text(shakespeare_text()[:100_000], encoding='utf-8')
+    monkeypatch.chdir(tmp_path)
+    pt.prepare_text(parse_config(pt.DEFAULTS, ['--input=corpus.txt', '--dataset=own', '--tokenizer=bpe',
+                                               '--vocab_size=400', '--num_proc=1'], pt.TYPES), str(tmp_path / 'data'))
+    train.train(train_cfg(tmp_path, dataset='own', max_iters=10, eval_interval=10, learning_rate=1e-2))
+    shutil.rmtree(tmp_path / 'data')  # sampling and the export need only the checkpoint
+    hf_dir = tmp_path / 'own-hf'
+    export_hf.export(dict(export_hf.DEFAULTS, out_dir=str(tmp_path / 'out'), hf_dir=str(hf_dir)))
+    ours = greedy_sample('ROMEO:', 12, out_dir=str(tmp_path / 'out'))
+    theirs, _ = transformers_greedy(hf_dir, 'ROMEO:', 12, monkeypatch)
+    assert theirs == ours and ours.startswith('ROMEO:')
+    assert greedy_sample('ROMEO:', 12, init_from=str(hf_dir)) == ours  # and sample.py reads the folder back
