@@ -319,10 +319,10 @@ def evaluate(model, raw_model, files, hellaswag_set, cfg, rt):
     return record, line
 
 
-def save_run(name, raw_model, optimizer, scaler, iter_num, best, cfg, rt):
+def save_run(name, raw_model, optimizer, scaler, iter_num, best, tokenizer, cfg, rt):
     """
     Write the run's state to out_dir/name (master only); a new best ckpt.pt replaces ckpt_last.pt. best is
-    (best val loss, its iteration).
+    (best val loss, its iteration); tokenizer is what decodes the model's tokens (data.dataset_tokenizer).
     """
     if not rt.master:
         return
@@ -336,7 +336,7 @@ def save_run(name, raw_model, optimizer, scaler, iter_num, best, cfg, rt):
         'best_iter': best[1],
         'config': vars(cfg),
         'scaler': scaler.state_dict(),
-        'tokenizer': dataset_tokenizer(os.path.join('data', cfg.dataset)),  # so sampling needs no data folder
+        'tokenizer': tokenizer,  # so sampling needs no data folder
     }, path)
     print0(f"saving checkpoint to {path}")
     if name == BEST and os.path.exists(os.path.join(cfg.out_dir, LAST)):  # the newest state is ckpt.pt again
@@ -559,6 +559,7 @@ def train_loop(cfg, rt, stop):
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * raw_model.config.block_size
     for line in run_header(cfg, rt, raw_model, model, files, iter_num, best) + schedule_warnings(cfg):
         print0(line)
+    tokenizer = dataset_tokenizer(os.path.join('data', cfg.dataset))  # read once: the data may go during the run
     # the batch of (iteration, micro-step), a function of the seed alone: the same for 1 or N processes
     train_batch = functools.partial(get_batch, files['train'], cfg.batch_size, raw_model.config.block_size,
                                     cfg.seed, TRAIN_BATCH, device=rt.device)
@@ -587,7 +588,7 @@ def train_loop(cfg, rt, stop):
                 # the final weights are kept too, as ckpt_last.pt when they are not the best
                 if iter_num > start_iter and (improved or cfg.always_save_checkpoint or final):
                     save_run(checkpoint_name(improved, cfg.always_save_checkpoint), raw_model, optimizer, scaler,
-                             iter_num, best, cfg, rt)
+                             iter_num, best, tokenizer, cfg, rt)
                 t0, timed_from = time.time(), iter_num  # time the training steps alone
             if final:
                 break
@@ -615,7 +616,7 @@ def train_loop(cfg, rt, stop):
                 if check_stop(nonfinite, stop, iter_num, cfg, rt):
                     print0(f"stop requested at iteration {iter_num}")
                     save_run(checkpoint_name(False, cfg.always_save_checkpoint), raw_model, optimizer, scaler,
-                             iter_num, best, cfg, rt)
+                             iter_num, best, tokenizer, cfg, rt)
                     break
     if rt.ddp:
         # wait for rank 0's last checkpoint: a process that leaves the group early can abort the others' gloo

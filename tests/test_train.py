@@ -310,3 +310,18 @@ def test_the_run_says_what_it_runs_and_ends_with_a_summary(char_data, monkeypatc
     # resuming a finished run says how to go on
     train.train(dict(cfg, init_from='resume'))
     assert 'raise max_iters (e.g. --max_iters=12)' in capsys.readouterr().out
+
+
+def test_the_vocabulary_is_read_once_so_a_data_folder_gone_mid_run_does_not_fail_a_save(char_data, monkeypatch):
+    monkeypatch.chdir(char_data)
+    meta = char_data / 'data' / 'shakespeare_char' / 'meta.pkl'
+    chars = [load_meta(str(meta))['itos'][i] for i in range(load_meta(str(meta))['vocab_size'])]
+    real = train.train_step
+
+    def step_then_delete(*args, **kwargs):
+        if meta.exists():
+            meta.unlink()
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train, 'train_step', step_then_delete)
+    train.train(tiny_run(char_data / 'out', max_iters=4, eval_interval=2, eval_iters=1))
+    assert load_checkpoint(str(char_data / 'out' / 'ckpt.pt'))['tokenizer'] == {'kind': 'char', 'chars': chars}
