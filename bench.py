@@ -21,7 +21,7 @@ import time
 import torch
 
 from common import UserError, run_main, setup
-from configurator import ConfigError, as_namespace, config_from_globals, load_config
+from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
 from data import TRAIN_BATCH, data_files, get_batch
 from model import GPT, PADDED_VOCAB_SIZE, GPTConfig
 from train import train_step, wrap_model
@@ -61,13 +61,11 @@ TYPES = {'compile': bool}
 
 def check_settings(cfg):
     """Counts and shapes that cannot work; a ConfigError names the setting."""
-    positive = ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size', 'batch_size',
-                'gradient_accumulation_steps', 'num_steps', 'num_samples', 'prompt_len', 'max_new_tokens', 'repeats')
-    for key in positive:
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key}={getattr(cfg, key)} must be at least 1")
-    if cfg.warmup_steps < 0:
-        raise ConfigError(f"warmup_steps={cfg.warmup_steps} must be 0 or more")
+    require(cfg, ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size', 'batch_size',
+                  'gradient_accumulation_steps', 'num_steps', 'num_samples', 'prompt_len', 'max_new_tokens',
+                  'repeats'), lambda v: v >= 1, 'at least 1')
+    require(cfg, ('warmup_steps', 'grad_clip'), lambda v: v >= 0, '0 or more')
+    require(cfg, 'seed', *SEED_RANGE)
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(f"n_embd={cfg.n_embd} must be a multiple of n_head={cfg.n_head}")
 
@@ -97,7 +95,7 @@ def bench_train(cfg):
     def batch(it, micro_step):
         if files:
             return get_batch(files, cfg.batch_size, cfg.block_size, cfg.seed, TRAIN_BATCH, it, micro_step,
-                             device=rt.device)
+                             device=rt.device, vocab_size=cfg.vocab_size)
         x = torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.block_size + 1), device=rt.device)
         return x[:, :-1], x[:, 1:]
 

@@ -5,17 +5,24 @@ that use it, so that the data preparation scripts, which need none of it, start 
 """
 
 import datetime
+import glob
 import hashlib
 import importlib.util
 import os
 import pickle
+import secrets
 import sys
 import time
 import zipfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 
 from configurator import ConfigError
+
+try:
+    import fcntl  # the out_dir lock (POSIX)
+except ImportError:
+    fcntl = None
 
 
 class UserError(Exception):
@@ -39,7 +46,7 @@ def run_main(main):
 
 def print0(*args, **kwargs):
     """print on the DDP master process only (or always, without DDP)."""
-    if int(os.environ.get('RANK', 0)) == 0:
+    if os.environ.get('RANK', '0').strip() in ('0', ''):
         print(*args, **kwargs)
 
 
@@ -126,16 +133,37 @@ def compile_blocker(device):
 DDP_TIMEOUT = datetime.timedelta(hours=1)
 
 
+TORCHRUN_VARIABLES = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
+
+
+def dist_env():
+    """
+    (ddp, rank, local_rank, world_size) from torchrun's environment variables; DDP when RANK is set. Values
+    that torchrun would not set are a UserError, not a failure deep inside torch.distributed.
+    """
+    fix = "run under torchrun, or unset RANK, LOCAL_RANK and WORLD_SIZE to run one process"
+    ddp = 'RANK' in os.environ
+    missing = [k for k in TORCHRUN_VARIABLES if k not in os.environ]
+    if ddp and missing:
+        raise UserError(f"RANK is set but {', '.join(missing)} not; {fix}")
+    values = {}
+    for key, default, low in (('RANK', 0, 0), ('LOCAL_RANK', 0, 0), ('WORLD_SIZE', 1, 1)):
+        text = os.environ.get(key, str(default))
+        if not text.strip().isdigit() or int(text) < low:
+            raise UserError(f"{key}={text!r} is not a process {'count' if low else 'number'}; {fix}")
+        values[key] = int(text)
+    if values['RANK'] >= values['WORLD_SIZE']:
+        raise UserError(f"RANK={values['RANK']} is not below WORLD_SIZE={values['WORLD_SIZE']}; {fix}")
+    return ddp, values['RANK'], values['LOCAL_RANK'], values['WORLD_SIZE']
+
+
 def setup(device='auto', dtype='auto', backend='auto'):
     """
     Pick the device and dtype, and join the process group when run under torchrun (RANK and WORLD_SIZE set).
     Returns a Runtime; call teardown() at the end.
     """
     import torch
-    ddp = int(os.environ.get('RANK', -1)) != -1
-    rank = int(os.environ.get('RANK', 0))
-    local_rank = int(os.environ.get('LOCAL_RANK', 0))
-    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    ddp, rank, local_rank, world_size = dist_env()
     device = pick_device(device)
     device_type = torch.device(device).type
     if ddp and device_type == 'cuda':
@@ -211,19 +239,39 @@ def clean_state_dict(state_dict):
 # A run's folder holds ckpt.pt, its best weights (or, with always_save_checkpoint, its latest), and, when the
 # latest state is not the best, ckpt_last.pt beside it. Which file to read depends on what it is read for.
 BEST, LAST = 'ckpt.pt', 'ckpt_last.pt'
+LOG = 'log.jsonl'
+LOCK = 'train.lock'  # held (flock) by the one run that writes the folder; the OS lets go when its process dies
 
 
 def checkpoint_path(out_dir, purpose):
     """
-    The checkpoint of the run in out_dir to read for purpose: 'resume' wants the newest state (ckpt_last.pt
-    when there is one), 'use' (sample, evaluate, export) wants the best weights (ckpt.pt, or ckpt_last.pt in a
-    run stopped before its first saved eval).
+    The checkpoint of the run in out_dir to read for purpose: 'resume' wants the newest state, the one of
+    ckpt.pt and ckpt_last.pt with the higher iter_num (a run killed between saving one and deleting the other
+    leaves both); 'use' (sample, evaluate, export) wants the best weights (ckpt.pt, or ckpt_last.pt in a run
+    stopped before its first saved eval).
     """
     assert purpose in ('resume', 'use')
-    for name in ((LAST, BEST) if purpose == 'resume' else (BEST, LAST)):
-        if os.path.exists(os.path.join(out_dir, name)):
-            return os.path.join(out_dir, name)
-    return os.path.join(out_dir, BEST)  # neither: load_checkpoint says so
+    best, last = os.path.join(out_dir, BEST), os.path.join(out_dir, LAST)
+    if purpose == 'resume' and os.path.exists(best) and os.path.exists(last):
+        return last if _iter_num(last, other=best) > _iter_num(best, other=last) else best
+    for path in ((last, best) if purpose == 'resume' else (best, last)):
+        if os.path.exists(path):
+            return path
+    return best  # neither: load_checkpoint says so
+
+
+def _iter_num(path, other):
+    """A checkpoint's iter_num, read without loading its tensors; a file that cannot tell is a UserError."""
+    import torch
+    try:
+        return int(torch.load(path, map_location='cpu', weights_only=True, mmap=_can_map(path))['iter_num'])
+    except Exception as e:
+        raise UserError(f"checkpoint '{path}' is damaged or has no iter_num ({_first_line(e)}); move it aside "
+                        f"to resume from '{other}' instead") from None
+
+
+def _first_line(e):
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def checkpoint_name(improved, always_save):
@@ -232,14 +280,93 @@ def checkpoint_name(improved, always_save):
 
 
 def save_checkpoint(checkpoint, path):
-    """Write atomically: to a temporary file, flushed to disk, then renamed over the old one."""
+    """Write a checkpoint atomically (write_atomically): a crash, a kill or a full disk leaves the old one whole."""
     import torch
-    tmp = f'{path}.tmp'
-    with open(tmp, 'wb') as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: torch.save(checkpoint, f))
+
+
+def write_atomically(path, write):
+    """
+    Call write(f) on a temporary file of this process's own, flush it to disk, then rename it over path. A failed
+    write (a full disk, say) or an interrupt deletes the temporary file and leaves the old one: a UserError.
+    """
+    tmp = f'{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp'
+    try:
+        with open(tmp, 'xb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with suppress(FileNotFoundError):
+            os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError)):  # torch's zip writer reports a failed write as RuntimeError
+            raise UserError(f"could not write '{path}' ({_os_reason(e)}); the file there before, if any, is "
+                            f"intact: free disk space or fix the folder's permissions, then try again") from None
+        raise
+
+
+def _os_reason(e):
+    return e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
+
+
+def _temporary_files(out_dir):
+    return [p for name in (BEST, LAST) for p in glob.glob(os.path.join(glob.escape(out_dir), name + '*.tmp'))]
+
+
+@contextmanager
+def own_out_dir(out_dir, resume, overwrite):
+    """
+    Make out_dir this process's to write, for the with block: it takes the folder's lock (a second run is
+    refused, a crashed one leaves nothing stuck), refuses a new run where one is already (unless overwrite,
+    which deletes the old run's files), and deletes the temporary files of saves that were killed.
+    """
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        lock = open(os.path.join(out_dir, LOCK), 'a+')
+    except OSError as e:
+        raise UserError(f"cannot write to out_dir '{out_dir}' ({_os_reason(e)}); choose another --out_dir "
+                        f"or fix its permissions") from None
+    try:
+        _lock(lock, out_dir)
+        found = [name for name in (BEST, LAST, LOG) if os.path.exists(os.path.join(out_dir, name))]
+        if found and not resume:
+            if not overwrite:
+                raise UserError(f"out_dir '{out_dir}' already holds a run ({', '.join(found)}); resume it with "
+                                f"--init_from=resume, choose another --out_dir, or replace it with --overwrite=True")
+            for name in found:
+                os.remove(os.path.join(out_dir, name))
+        for path in _temporary_files(out_dir):  # the lock is ours: no other process is writing these
+            os.remove(path)
+        yield
+    finally:
+        lock.close()  # and with it the lock
+
+
+def _lock(lock, out_dir):
+    """Take the lock on the open file lock, or say which process holds it."""
+    if fcntl is None:  # Windows: no flock; the folder is not guarded
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or 'unknown'
+        raise UserError(f"out_dir '{out_dir}' is in use by another run (process {holder}); wait for it to "
+                        f"finish or choose another --out_dir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f'{os.getpid()}\n')
+    lock.flush()
+
+
+def _can_map(path):
+    """
+    Whether to load path memory-mapped: the tensors are read from the page cache as they are used, not copied into
+    each process's memory (8 processes resuming gpt2-xl with AdamW would hold 8 x 19 GB). It needs torch.save's
+    zip format, the default since PyTorch 1.6; Windows cannot replace a mapped file, which the next save does.
+    """
+    return os.name != 'nt' and zipfile.is_zipfile(path)
 
 
 def load_checkpoint(path, map_location='cpu'):
@@ -251,20 +378,15 @@ def load_checkpoint(path, map_location='cpu'):
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at '{path}'; train first or point --out_dir at a run's folder")
     try:
-        # memory-mapped: the tensors are read from the page cache as they are used, not copied into each process's
-        # memory (8 processes resuming gpt2-xl with AdamW would hold 8 x 19 GB). It needs torch.save's zip format,
-        # the default since PyTorch 1.6; Windows cannot replace a mapped file, which the next save does.
-        mmap = os.name != 'nt' and zipfile.is_zipfile(path)
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=_can_map(path))
     except pickle.UnpicklingError as e:
         if 'Weights only load failed' not in str(e):
-            raise UserError(f"checkpoint '{path}' is damaged or not a checkpoint ({e}); "
+            raise UserError(f"checkpoint '{path}' is damaged or not a checkpoint ({_first_line(e)}); "
                             f"use another checkpoint or train again") from None
         raise UserError(f"checkpoint '{path}' holds objects other than tensors and plain data, which could run "
                         f"code when loaded; refusing it (load it yourself only if you trust its source)") from None
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint '{path}' is damaged or not a checkpoint ({reason}); "
+        raise UserError(f"checkpoint '{path}' is damaged or not a checkpoint ({_first_line(e)}); "
                         f"use another checkpoint or train again") from None
     missing = [k for k in ('model', 'model_args') if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:
@@ -312,20 +434,29 @@ def gpt2_bpe_files():
 
 def read_or_download_text(path, url, name):
     """The text in path, downloaded from url first if it is not there; a failed download says where to put it."""
-    if not os.path.exists(path):
-        try:
-            download(url, path)
-        except UserError as e:
-            raise UserError(f"{e}; or put {name} at '{path}' by hand") from None
-    with open(path, 'r', encoding='utf-8') as f:
-        return f.read()
+    download(url, path, name=name)
+    text = read_text(path)
+    if not text.strip():
+        raise UserError(f"'{path}' is empty; delete it to download {name} again, or put the text to use in it")
+    return text
 
 
-def download(url, path, sha256=None, size=None, chunk_size=1 << 20, retries=3, timeout=30):
+def read_text(path, what='file'):
+    """The text of a UTF-8 file; a missing file, or one in another encoding, is a UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"{what} '{path}' not found")
+    try:
+        with open(path, 'r', encoding='utf-8') as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} '{path}' is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+
+
+def download(url, path, sha256=None, size=None, chunk_size=1 << 20, retries=3, timeout=30, name='the file'):
     """
     Download url to path with a progress line, resuming a partial '<path>.part' left by an earlier try.
     When sha256 or size is given, a file that does not match is deleted and a UserError raised.
-    A file already at path is trusted and not fetched again.
+    A file already at path is trusted and not fetched again. A failed download says where to put name by hand.
     """
     if os.path.exists(path):
         return path
@@ -357,11 +488,11 @@ def download(url, path, sha256=None, size=None, chunk_size=1 << 20, retries=3, t
             break
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
             if attempt == retries:
-                raise UserError(f"could not download {url} ({type(e).__name__}); check the network "
-                                f"and run again (the partial file is kept and resumed)") from None
+                raise UserError(f"could not download {url} ({type(e).__name__}); check the network and run again "
+                                f"(the partial file is kept and resumed), or put {name} at '{path}' by hand") from None
             time.sleep(min(2 ** attempt, 10))
         except requests.HTTPError as e:
-            raise UserError(f"could not download {url}: {e}") from None
+            raise UserError(f"could not download {url}: {e}; put {name} at '{path}' by hand") from None
     _verify(part, url, sha256, size)
     os.replace(part, path)
     return path

@@ -14,6 +14,7 @@ given several times, --input=a.txt --input=b.txt, each value taken as written.
 import ast
 import difflib
 import io
+import math
 import os
 import sys
 import tokenize
@@ -66,10 +67,17 @@ def _parse_value(key, text, defaults, types):
 
 
 def _apply_file(path, config, defaults, types):
+    if os.path.isdir(path):
+        raise ConfigError(f"config file '{path}' is a folder; give a Python file such as config/train_gpt2.py")
     if not os.path.isfile(path):
-        raise ConfigError(f"config file '{path}' not found")
-    with open(path) as f:
-        source = f.read()
+        hint = f"; settings are written --{path}" if '=' in path else ''
+        raise ConfigError(f"config file '{path}' not found{hint}")
+    try:
+        with open(path, encoding='utf-8') as f:
+            source = f.read()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (byte {e.start}: {e.reason}); "
+                          f"save it as UTF-8") from None
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as e:
@@ -200,6 +208,22 @@ def settings_comments(script, keys):
             n -= 1
         headings[key] = above
     return comments, headings
+
+
+def require(cfg, keys, test, what):
+    """
+    A ConfigError naming the first of keys (one or a tuple) whose value fails test, e.g.
+    require(cfg, ('batch_size', 'n_layer'), lambda v: v >= 1, 'at least 1'). NaN and infinities always fail;
+    None passes (the keys that allow it mean 'automatic' or 'off' by it).
+    """
+    for key in keys if isinstance(keys, tuple) else (keys,):
+        value = getattr(cfg, key)
+        finite = not isinstance(value, float) or math.isfinite(value)
+        if value is not None and not (finite and test(value)):
+            raise ConfigError(f"{key}={value!r} must be {what}")
+
+
+SEED_RANGE = (lambda v: 0 <= v < 2 ** 64, 'in [0, 2**64)')  # what torch.manual_seed and numpy's generators take
 
 
 def as_namespace(cfg):

@@ -273,6 +273,9 @@ def data_files(data_dir, split):
     """
     path = os.path.join(data_dir, f'{split}.bin')
     if os.path.isfile(path):
+        if os.path.getsize(path) % 2:
+            raise UserError(f"'{path}' has an odd number of bytes, so it is not whole uint16 tokens (cut short, or "
+                            f"not a token file); run `python {os.path.join(data_dir, 'prepare.py')}` again")
         return [(path, 0, os.path.getsize(path) // 2)]
     shards = sorted(glob.glob(os.path.join(data_dir, f'*{split}*.bin')))
     if not shards:
@@ -285,12 +288,13 @@ def data_files(data_dir, split):
     return [(shard, SHARD_HEADER_BYTES, read_shard_header(shard)) for shard in shards]
 
 
-def get_batch(files, batch_size, block_size, *key, device='cpu'):
+def get_batch(files, batch_size, block_size, *key, device='cpu', vocab_size=None):
     """
     batch_size random windows of block_size+1 tokens, as inputs and targets, from a split's token files
     (a list from data_files, or the path of one headerless uint16 file). Every window start in every file is
     equally likely, so files are drawn in proportion to their length, and a window never crosses two files.
-    The windows are a function of key (seed, purpose, ...) alone.
+    The windows are a function of key (seed, purpose, ...) alone. A token id at or above vocab_size (the
+    model's) is a UserError: the data was made for another vocabulary.
     """
     import torch  # here, not at the top: the prepare scripts that import this module need none of it
     if isinstance(files, str):
@@ -306,7 +310,13 @@ def get_batch(files, batch_size, block_size, *key, device='cpu'):
     # fresh memmaps per batch keep resident memory flat over long runs
     data = {f: np.memmap(files[f][0], dtype=np.uint16, mode='r', offset=files[f][1], shape=(files[f][2],))
             for f in set(which.tolist())}
-    xy = torch.from_numpy(np.stack([data[f][i:i + block_size + 1] for f, i in zip(which, ix)]).astype(np.int64))
+    windows = np.stack([data[f][i:i + block_size + 1] for f, i in zip(which, ix)])
+    if vocab_size is not None and windows.max() >= vocab_size:
+        bad = int(np.argmax(windows.max(axis=1) >= vocab_size))
+        raise UserError(f"'{files[which[bad]][0]}' holds token id {windows[bad].max()}, outside the model's "
+                        f"vocabulary of {vocab_size}: it was prepared for another model; use the dataset the "
+                        f"model was trained on, or prepare this one again")
+    xy = torch.from_numpy(windows.astype(np.int64))
     x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
     if torch.device(device).type == 'cuda':
         # pinned host memory lets the copy to the GPU run asynchronously, overlapping compute

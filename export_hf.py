@@ -25,6 +25,7 @@ from sample import find_tokenizer
 out_dir = 'out'  # the run to export
 checkpoint = 'ckpt.pt'  # or 'ckpt_last.pt': the final weights of a run whose last eval was not its best
 hf_dir = None  # where to write the Hugging Face folder; None: out_dir + '-hf'
+overwrite = False  # replace a model already in hf_dir (its weight files are deleted)
 dtype = 'float32'  # of the written weights: 'float32', 'bfloat16' or 'float16' (half the size)
 # -----------------------------------------------------------------------------
 DEFAULTS = config_from_globals(globals())
@@ -46,9 +47,15 @@ def export(cfg):
     except UserError as e:  # the weights are still worth exporting
         tokenizer = None
         print(f"note: no tokenizer written: {e}")
+    old = hf.model_files(hf_dir)  # another model's files: refused, or with overwrite, deleted once these are written
+    if old and not cfg.overwrite:
+        raise UserError(f"'{hf_dir}' already holds a model ({', '.join(old)}); choose another --hf_dir, or replace "
+                        f"it with --overwrite=True")
     # the tokenizer first: it may need GPT-2's BPE files, and a failure then leaves no half-written folder
     files = hf.save_tokenizer(tokenizer, hf_dir, model.config.block_size) if tokenizer else []
     hf.save_pretrained(model, hf_dir, getattr(torch, cfg.dtype))
+    for name in set(old) - {'config.json', 'model.safetensors', *files}:
+        os.remove(os.path.join(hf_dir, name))
     n_params = model.get_num_params(non_embedding=False)
     print(f"wrote {hf_dir}: {', '.join(['config.json', 'model.safetensors'] + files)} ({n_params / 1e6:.2f}M "
           f"parameters, vocab_size {model.config.vocab_size}, block_size {model.config.block_size})")

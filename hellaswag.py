@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from common import UserError, download, gpt2_encoding, print0, run_main, setup
-from configurator import config_from_globals, load_config
+from configurator import config_from_globals, load_config, require
 from model import GPT2_VOCAB_SIZE, load_model
 
 # -----------------------------------------------------------------------------
@@ -40,21 +40,22 @@ DATA_PATH = os.path.join('data', 'hellaswag', 'hellaswag_val.jsonl')  # like the
 
 def download_examples(path=DATA_PATH):
     """Fetch the validation set to path, unless it is there already."""
-    download(URL, path)
+    download(URL, path, name='the HellaSwag validation set')
 
 
 def load_examples(path=DATA_PATH, limit=None):
     """The first limit (None: all) validation examples, dicts with 'ctx', 'endings' and 'label'; downloaded once."""
     download_examples(path)
     examples = []
-    with open(path, encoding='utf-8') as f:
+    with open(path, encoding='utf-8', errors='surrogateescape') as f:  # a bad byte fails its line's check
         for line_no, line in enumerate(f, 1):
             if limit is not None and len(examples) >= limit:
                 break
             try:
+                line.encode('utf-8')  # a byte that was not UTF-8 fails here
                 example = json.loads(line)
                 ok = isinstance(example['ctx'], str) and len(example['endings']) == 4 and example['label'] in range(4)
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (UnicodeEncodeError, json.JSONDecodeError, KeyError, TypeError):
                 ok = False
             if not ok:
                 raise UserError(f"'{path}' line {line_no} is not a HellaSwag example; delete the file to download "
@@ -142,6 +143,7 @@ def check_vocab(model):
 
 def main(argv=None):
     cfg = load_config(DEFAULTS, argv, TYPES)
+    require(cfg, 'max_examples', lambda v: v >= 1, 'at least 1, or None for all')
     rt = setup(cfg.device, cfg.dtype)
     model = load_model(cfg.init_from, cfg.out_dir)[0]  # a checkpoint, a GPT-2 name or a Hugging Face folder
     check_vocab(model)

@@ -9,13 +9,14 @@ HF_ENDPOINT points at another hub (a mirror); HF_HUB_OFFLINE=1 allows no network
 
 import json
 import os
+import re
 import struct
 
 import numpy as np
 import requests
 import torch
 
-from common import UserError, download, gpt2_bpe_files
+from common import UserError, download, gpt2_bpe_files, write_atomically
 
 # -----------------------------------------------------------------------------
 # safetensors: an 8-byte little-endian header length, a JSON header giving each tensor's dtype, shape and
@@ -80,13 +81,13 @@ def write_safetensors(tensors, path, metadata=None):
         offset += nbytes
     blob = json.dumps(header, separators=(',', ':')).encode()
     blob += b' ' * (-len(blob) % 8)  # pad with spaces so that the data starts 8-byte aligned
-    tmp = f'{path}.tmp'
-    with open(tmp, 'wb') as f:
+
+    def write(f):
         f.write(struct.pack('<Q', len(blob)))
         f.write(blob)
         for t in tensors.values():
             f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    os.replace(tmp, path)
+    write_atomically(path, write)
 
 
 # -----------------------------------------------------------------------------
@@ -239,11 +240,24 @@ def hf_config(config, dtype=torch.float32):
 
 def save_pretrained(model, hf_dir, dtype=torch.float32):
     """Write model as a HF GPT-2 folder: config.json and model.safetensors."""
-    os.makedirs(hf_dir, exist_ok=True)
+    try:
+        os.makedirs(hf_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write to '{hf_dir}' ({e.strerror}); choose another folder") from None
     write_safetensors(to_hf(model.state_dict(), dtype), os.path.join(hf_dir, 'model.safetensors'),
                       metadata={'format': 'pt'})  # transformers refuses a file without this
-    with open(os.path.join(hf_dir, 'config.json'), 'w') as f:
-        json.dump(hf_config(model.config, dtype), f, indent=2)
+    config = json.dumps(hf_config(model.config, dtype), indent=2).encode()
+    write_atomically(os.path.join(hf_dir, 'config.json'), lambda f: f.write(config))
+
+
+TOKENIZER_FILES = ('tokenizer.json', 'vocab.json', 'merges.txt', 'tokenizer_config.json', 'special_tokens_map.json')
+
+
+def model_files(folder):
+    """The files of a HF model in folder: config.json, weights (sharded or not) and tokenizer files."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(n for n in names if n == 'config.json' or n in WEIGHT_FILES or n in TOKENIZER_FILES
+                  or re.fullmatch(r'(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)', n))
 
 
 # -----------------------------------------------------------------------------

@@ -155,6 +155,18 @@ class GPTConfig:
 MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')  # a checkpoint's model_args
 
 
+def check_model_args(args, source):
+    """Model arguments read from a file (source) that can build a GPT; anything else is a UserError."""
+    bad = [f"{k}={args[k]!r}" for k in MODEL_ARGS if k != 'bias' and (type(args[k]) is not int or args[k] < 1)]
+    if type(args['bias']) is not bool:
+        bad.append(f"bias={args['bias']!r}")
+    if not bad and args['n_embd'] % args['n_head']:
+        bad.append(f"n_embd={args['n_embd']} with n_head={args['n_head']} (not a multiple)")
+    if bad:
+        raise UserError(f"'{source}' describes a model that cannot be built ({', '.join(bad)}); it is damaged or "
+                        f"not a GPT-2 model: use another")
+
+
 # OpenAI's four GPT-2 checkpoints (layers and widths as in the GPT-2 paper, Table 2); all have GPT-2's
 # 50257-token vocabulary, 1024 positions and biases. GPT.from_pretrained downloads them from the Hugging Face hub.
 GPT2_SIZES = {
@@ -326,6 +338,7 @@ class GPT(nn.Module):
             config_args = hf.read_config(model_type)
             weights = hf.read_weights(model_type)
         print(f"loading weights from pretrained gpt: {model_type}")
+        check_model_args(config_args, os.path.join(model_type, 'config.json'))
         model = cls(GPTConfig(**config_args, **override_args))
         hf.load_weights(model, weights, source=model_type)
         return model
@@ -337,7 +350,9 @@ class GPT(nn.Module):
         if missing:
             raise UserError(f"checkpoint '{path}' has no {', '.join(missing)} in its model_args; it was not "
                             f"written by train.py")
-        model = cls(GPTConfig(**{k: checkpoint['model_args'][k] for k in MODEL_ARGS}, dropout=dropout))
+        model_args = {k: checkpoint['model_args'][k] for k in MODEL_ARGS}
+        check_model_args(model_args, path)
+        model = cls(GPTConfig(**model_args, dropout=dropout))
         # old nanoGPT checkpoints carry the fallback attention's causal mask as 'attn.bias'; it is not a weight
         state_dict = {k: v for k, v in checkpoint['model'].items() if not k.endswith('.attn.bias')}
         try:
@@ -441,6 +456,10 @@ def load_model(init_from, out_dir, purpose='use', dropout=0.0):
     if init_from == 'resume':
         path = checkpoint_path(out_dir, purpose)
         checkpoint = load_checkpoint(path)
+        missing = [k for k in ('optimizer', 'iter_num') if k not in checkpoint]
+        if purpose == 'resume' and missing:
+            raise UserError(f"checkpoint '{path}' has no {' or '.join(missing)}: it holds weights to use, not a run "
+                            f"to resume; sample or export it, or start a new run")
         return GPT.from_checkpoint(checkpoint, path, dropout), checkpoint
     if init_from in GPT2_SIZES or os.path.isdir(init_from):
         return GPT.from_pretrained(init_from, dict(dropout=dropout)), None

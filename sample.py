@@ -15,8 +15,8 @@ import re
 import torch
 
 import hf
-from common import UserError, gpt2_encoding, run_main, setup
-from configurator import ConfigError, as_namespace, config_from_globals, load_config
+from common import UserError, gpt2_encoding, read_text, run_main, setup
+from configurator import SEED_RANGE, as_namespace, config_from_globals, load_config, require
 from data import PROJECT_DIR, dataset_tokenizer, import_tokenizers
 from model import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, load_model
 
@@ -39,10 +39,25 @@ DEFAULTS = config_from_globals(globals())
 TYPES = {'top_k': int, 'top_p': float, 'stop': (str, int)}
 
 
+def check_settings(cfg):
+    """Values that pass the type check but cannot work; a ConfigError names the setting."""
+    require(cfg, 'num_samples', lambda v: v >= 1, 'at least 1')
+    require(cfg, 'max_new_tokens', lambda v: v >= 0, '0 or more')
+    require(cfg, 'top_k', lambda v: v >= 1, 'at least 1, or None for no limit')
+    require(cfg, 'top_p', lambda v: 0 < v <= 1, 'in (0, 1], or None')
+    require(cfg, 'temperature', lambda v: v >= 0, '0 (greedy) or more')
+    require(cfg, 'seed', *SEED_RANGE)
+
+
 def load_sampled_model(cfg):
     """The model to sample from, and its tokenizer (see find_tokenizer)."""
     model, checkpoint = load_model(cfg.init_from, cfg.out_dir)
-    return model, find_tokenizer(cfg.init_from, checkpoint, model.config.vocab_size)
+    tokenizer = find_tokenizer(cfg.init_from, checkpoint, model.config.vocab_size)
+    if tokenizer['kind'] == 'char' and len(tokenizer['chars']) != model.config.vocab_size:
+        raise UserError(f"the model has {model.config.vocab_size} token ids but its character table "
+                        f"{len(tokenizer['chars'])} characters: the table was made for another model; sample with "
+                        f"the dataset the model was trained on")
+    return model, tokenizer
 
 
 def find_tokenizer(init_from, checkpoint, vocab_size):
@@ -101,13 +116,7 @@ def get_codec(tokenizer):
 
 
 def read_prompt(start):
-    if start.startswith('FILE:'):
-        path = start[5:]
-        if not os.path.isfile(path):
-            raise UserError(f"prompt file '{path}' not found")
-        with open(path, 'r', encoding='utf-8') as f:
-            return f.read()
-    return start
+    return read_text(start[5:], 'prompt file') if start.startswith('FILE:') else start
 
 
 def stop_token_id(stop, encode, vocab_size):
@@ -161,14 +170,7 @@ def sample(cfg):
     printed as its tokens arrive, the others when the batch is done: the text is the same either way.
     """
     cfg = as_namespace(cfg)
-    if cfg.num_samples < 1:
-        raise ConfigError(f"num_samples={cfg.num_samples} must be at least 1")
-    if cfg.top_k is not None and cfg.top_k < 1:
-        raise ConfigError(f"top_k={cfg.top_k} must be at least 1, or None for no limit")
-    if cfg.top_p is not None and not 0.0 < cfg.top_p <= 1.0:
-        raise ConfigError(f"top_p={cfg.top_p} must be in (0, 1], or None")
-    if cfg.temperature < 0:
-        raise ConfigError(f"temperature={cfg.temperature} must be 0 (greedy) or more")
+    check_settings(cfg)
     rt = setup(cfg.device, cfg.dtype)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_sampled_model(cfg)

@@ -23,14 +23,16 @@ import math
 import os
 import shlex
 import signal
+import sys
 import time
+from contextlib import ExitStack, suppress
 
 import numpy as np
 import torch
 
-from common import (BEST, LAST, UserError, all_or_none, checkpoint_name, checkpoint_path, compile_blocker,
-                    local_rank0_first, print0, run_main, save_checkpoint, setup, teardown)
-from configurator import ConfigError, as_namespace, config_from_globals, load_config
+from common import (BEST, LAST, LOG, UserError, all_or_none, checkpoint_name, checkpoint_path, compile_blocker,
+                    dist_env, local_rank0_first, own_out_dir, print0, run_main, save_checkpoint, setup, teardown)
+from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
 from data import (DROPOUT, EVAL_BATCH, PROJECT_DIR, SPLITS, TRAIN_BATCH, data_files, dataset_tokenizer, get_batch,
                   meta_vocab_size)
 from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, MODEL_ARGS, PADDED_VOCAB_SIZE, GPTConfig, load_model
@@ -45,6 +47,7 @@ eval_iters = 200
 eval_only = False  # if True, script exits right after the first eval
 always_save_checkpoint = True  # if True, always save a checkpoint after each eval
 init_from = 'scratch'  # 'scratch', 'resume', 'gpt2'..'gpt2-xl', or a Hugging Face GPT-2 folder
+overwrite = False  # a new run may replace the run already in out_dir (deleting its checkpoints and log)
 eval_hellaswag = False  # also score HellaSwag (see hellaswag.py) at each eval; needs a GPT-2 BPE model
 hellaswag_examples = None  # score only the first N of its 10,042 examples at each eval; None: all
 # wandb logging
@@ -53,6 +56,7 @@ wandb_project = 'owt'
 wandb_run_name = 'gpt2'  # 'run' + str(time.time())
 # data
 dataset = 'openwebtext'
+change_dataset = False  # a resumed run may go on training on another dataset than its own
 gradient_accumulation_steps = 5 * 8  # used to simulate larger batch sizes; the total over all processes
 batch_size = 12  # if gradient_accumulation_steps > 1, this is the micro-batch size
 block_size = 1024
@@ -91,15 +95,18 @@ SMALL_DATASETS = ('shakespeare_char', 'shakespeare')  # prepared by train.py its
 
 def check_settings(cfg):
     """Values that pass the type check but cannot work; a ConfigError names the setting."""
-    positive = ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
-                'log_interval', 'n_layer', 'n_head', 'n_embd')
-    for key in positive:
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key}={getattr(cfg, key)} must be at least 1")
+    require(cfg, ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
+                  'log_interval', 'n_layer', 'n_head', 'n_embd', 'hellaswag_examples'), lambda v: v >= 1, 'at least 1')
+    require(cfg, ('max_iters', 'warmup_iters', 'lr_decay_iters', 'learning_rate', 'min_lr', 'weight_decay',
+                  'grad_clip'), lambda v: v >= 0, '0 or more')
+    require(cfg, ('dropout', 'beta1', 'beta2'), lambda v: 0 <= v < 1, 'in [0, 1)')
+    require(cfg, 'seed', *SEED_RANGE)
+    require(cfg, ('dataset', 'out_dir'), lambda v: v.strip() != '', 'a folder name, not empty')
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(f"n_embd={cfg.n_embd} must be a multiple of n_head={cfg.n_head}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ConfigError(f"dropout={cfg.dropout} must be in [0, 1)")
+    if cfg.decay_lr and cfg.min_lr > cfg.learning_rate:
+        raise ConfigError(f"min_lr={cfg.min_lr} is above learning_rate={cfg.learning_rate}, but the schedule decays "
+                          f"from learning_rate to min_lr; lower min_lr (learning_rate/10 is usual)")
 
 
 def schedule_warnings(cfg):
@@ -181,6 +188,21 @@ def fit_model(model, checkpoint, cfg, data_vocab_size):
     if data_vocab_size and data_vocab_size > model.config.vocab_size:
         raise UserError(f"data/{cfg.dataset} has {data_vocab_size} tokens in its vocabulary, more than the model's "
                         f"{model.config.vocab_size}; train on the dataset the model was made for")
+
+
+def check_resume(cfg, checkpoint):
+    """A resumed run goes on as it was: its model's shape cannot change, nor, unless asked, its dataset."""
+    saved = checkpoint.get('config') or {}  # the settings the run was started (or last resumed) with
+    changed = [k for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias') if k in saved
+               and getattr(cfg, k) != saved[k]]
+    if changed:
+        raise UserError(f"{', '.join(f'{k}={getattr(cfg, k)!r}' for k in changed)} "
+                        f"{'differs' if len(changed) == 1 else 'differ'} from the resumed run's "
+                        f"{', '.join(f'{k}={saved[k]!r}' for k in changed)}, and a resumed model keeps its shape; "
+                        f"resume with the run's own settings, or start a new run in another out_dir")
+    if 'dataset' in saved and cfg.dataset != saved['dataset'] and not cfg.change_dataset:
+        raise UserError(f"dataset='{cfg.dataset}' is not the resumed run's dataset '{saved['dataset']}'; resume "
+                        f"with --dataset={saved['dataset']}, or add --change_dataset=True to go on with new data")
 
 
 def init_optimizer(model, checkpoint, cfg, rt):
@@ -284,7 +306,7 @@ def train_step(model, optimizer, scaler, batch, next_batch, it, rt, accum_steps=
 # evaluation, checkpoints, the log, stopping
 
 @torch.no_grad()
-def estimate_loss(model, files, block_size, cfg, rt):
+def estimate_loss(model, files, block_size, cfg, rt, vocab_size=None):
     """Mean loss over eval_iters fixed batches of each split, shared out over the DDP processes."""
     out = {}
     model.eval()
@@ -292,7 +314,7 @@ def estimate_loss(model, files, block_size, cfg, rt):
         total = torch.zeros(2, device=rt.device)  # sum of losses, number of batches
         for k in range(rt.rank, cfg.eval_iters, rt.world_size):
             X, Y = get_batch(split_files, cfg.batch_size, block_size, cfg.seed, EVAL_BATCH, SPLITS[split], k,
-                             device=rt.device)
+                             device=rt.device, vocab_size=vocab_size)
             with rt.autocast:
                 _, loss = model(X, Y)
             total += torch.stack([loss.float(), torch.ones((), device=rt.device)])
@@ -305,7 +327,7 @@ def estimate_loss(model, files, block_size, cfg, rt):
 
 def evaluate(model, raw_model, files, hellaswag_set, cfg, rt):
     """The losses (and HellaSwag scores, when asked) as a log record, printed as one line."""
-    losses = estimate_loss(model, files, raw_model.config.block_size, cfg, rt)
+    losses = estimate_loss(model, files, raw_model.config.block_size, cfg, rt, raw_model.config.vocab_size)
     record = {'train_loss': losses['train'], 'val_loss': losses['val']}
     line = f"train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
     if cfg.eval_only:  # the figure people quote for a model on their own text: exp of the mean loss per token
@@ -362,12 +384,17 @@ class RunLog:
             wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
             self.wandb = wandb
         if not cfg.eval_only:
-            self.file = open(os.path.join(cfg.out_dir, 'log.jsonl'), 'a' if cfg.init_from == 'resume' else 'w')
+            self.path = os.path.join(cfg.out_dir, LOG)
+            self.file = open(self.path, 'a' if cfg.init_from == 'resume' else 'w')
 
     def __call__(self, record):
         if self.file:
-            self.file.write(json.dumps(record) + '\n')
-            self.file.flush()
+            try:
+                self.file.write(json.dumps(record) + '\n')
+                self.file.flush()
+            except OSError as e:
+                raise UserError(f"could not write '{self.path}' ({e.strerror}); the last checkpoint is intact: "
+                                f"free disk space, then resume") from None
         if self.wandb:
             self.wandb.log(record)
 
@@ -376,7 +403,8 @@ class RunLog:
 
     def __exit__(self, *exc):
         if self.file:
-            self.file.close()
+            with suppress(OSError):  # a full disk: the write's UserError says so
+                self.file.close()
 
 
 # float16's GradScaler skips any step whose gradients overflow, the weights untouched, and lowers its scale; a loss
@@ -418,11 +446,13 @@ def check_stop(streaks, stop, iter_num, cfg, rt):
 class StopRequest:
     """
     SIGINT/SIGTERM while armed (during training) become a flag the loop checks between iterations, so the run
-    can save its state and exit cleanly; a second signal, or one before arming (startup), stops at once.
+    can save its state and exit cleanly; a second signal, or one before arming (startup), stops at once
+    (KeyboardInterrupt: 'interrupted', exit status 130; a save under way deletes its temporary file).
     """
 
     def __init__(self):
         self.requested = False
+        self.signum = None  # the signal that asked to stop
         self.armed = False
         self.previous = {}
 
@@ -435,7 +465,7 @@ class StopRequest:
         if self.requested or not self.armed:
             signal.signal(signum, self.previous[signum])
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
         print0("stopping after this iteration and saving a checkpoint (signal again to quit at once)")
 
     def __exit__(self, *exc):
@@ -501,14 +531,23 @@ def train(cfg):
     """Run training with the settings in cfg (a dict or namespace). Returns the final state as a dict."""
     cfg = as_namespace(cfg)
     check_settings(cfg)
-    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    world_size = dist_env()[3]
     if cfg.gradient_accumulation_steps % world_size:
         raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide among "
                         f"{world_size} processes; make it a multiple of {world_size}")
     rt = setup(cfg.device, cfg.dtype, cfg.backend)
     try:
-        with StopRequest() as stop:
-            return train_loop(cfg, rt, stop)
+        with ExitStack() as owned:
+            # the master process writes out_dir, and owns it while it does; an eval-only run writes nothing
+            error = None
+            if rt.master and not cfg.eval_only:
+                try:
+                    owned.enter_context(own_out_dir(cfg.out_dir, cfg.init_from == 'resume', cfg.overwrite))
+                except UserError as e:
+                    error = e
+            all_or_none(rt, error)  # a refused out_dir stops every process
+            with StopRequest() as stop:
+                return train_loop(cfg, rt, stop)
     finally:
         teardown(rt)
 
@@ -533,22 +572,23 @@ def start_run(cfg, rt):
     """
     data_dir = os.path.join('data', cfg.dataset)
     local_rank0_first(rt, lambda: prepare_small_dataset(cfg.dataset, data_dir))  # one process per node prepares
-    files = {split: data_files(data_dir, split) for split in SPLITS}
     data_vocab_size = meta_vocab_size(data_dir)
-    if rt.master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
     if rt.ddp and cfg.init_from in GPT2_SIZES:
         import hf  # one process per node downloads OpenAI's weights into the cache while the others wait
         local_rank0_first(rt, lambda: hf.gpt2_safetensors(cfg.init_from))
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
     raw_model, checkpoint = init_model(cfg, data_vocab_size)
     fit_model(raw_model, checkpoint, cfg, data_vocab_size)
+    if checkpoint is not None:
+        check_resume(cfg, checkpoint)
+    files = {split: data_files(data_dir, split) for split in SPLITS}
     raw_model.to(rt.device)
     hellaswag_set = load_hellaswag(cfg, raw_model, rt) if cfg.eval_hellaswag else None
     optimizer, scaler = init_optimizer(raw_model, checkpoint, cfg, rt)
     iter_num, best = 0, (float('inf'), None)
     if checkpoint is not None:
-        iter_num, best = int(checkpoint['iter_num']), (float(checkpoint['best_val_loss']), checkpoint.get('best_iter'))
+        iter_num, best = int(checkpoint['iter_num']), (float(checkpoint.get('best_val_loss', math.inf)),
+                                                        checkpoint.get('best_iter'))
     model = wrap_model(raw_model, cfg.compile, rt)
     return files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set
 
@@ -562,11 +602,11 @@ def train_loop(cfg, rt, stop):
     tokenizer = dataset_tokenizer(os.path.join('data', cfg.dataset))  # read once: the data may go during the run
     # the batch of (iteration, micro-step), a function of the seed alone: the same for 1 or N processes
     train_batch = functools.partial(get_batch, files['train'], cfg.batch_size, raw_model.config.block_size,
-                                    cfg.seed, TRAIN_BATCH, device=rt.device)
+                                    cfg.seed, TRAIN_BATCH, device=rt.device, vocab_size=raw_model.config.vocab_size)
     batch = train_batch(iter_num, rt.rank * accum_steps)
     # non-finite losses are counted on the device and checked where the loop syncs anyway
     nonfinite = torch.zeros(2, dtype=torch.long, device=rt.device)
-    start_iter, t0, timed_from = iter_num, time.time(), iter_num
+    start_iter, t0, timed_from, stopped_by = iter_num, time.time(), iter_num, None
     stop.armed = not cfg.eval_only
     with RunLog(cfg, rt) as log:
         while True:
@@ -617,6 +657,7 @@ def train_loop(cfg, rt, stop):
                     print0(f"stop requested at iteration {iter_num}")
                     save_run(checkpoint_name(False, cfg.always_save_checkpoint), raw_model, optimizer, scaler,
                              iter_num, best, tokenizer, cfg, rt)
+                    stopped_by = stop.signum or signal.SIGTERM  # the process that was not signalled: as torchrun's
                     break
     if rt.ddp:
         # wait for rank 0's last checkpoint: a process that leaves the group early can abort the others' gloo
@@ -624,11 +665,15 @@ def train_loop(cfg, rt, stop):
     if not cfg.eval_only:
         for line in summary(iter_num, start_iter, *best, cfg):
             print0(line)
-    return {'iter_num': iter_num, 'best_val_loss': best[0], 'model': raw_model}
+    return {'iter_num': iter_num, 'best_val_loss': best[0], 'model': raw_model, 'stopped_by': stopped_by}
 
 
 def main(argv=None):
-    train(load_config(DEFAULTS, argv, TYPES))
+    result = train(load_config(DEFAULTS, argv, TYPES))
+    if result['stopped_by']:
+        # saved and resumable, but not finished: 128 + the signal, as a shell reports a process the signal ended,
+        # so that a wrapper can requeue the run (143 for SIGTERM, 130 for SIGINT); a finished run exits with 0
+        sys.exit(128 + result['stopped_by'])
 
 
 if __name__ == '__main__':

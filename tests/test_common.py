@@ -79,7 +79,8 @@ def test_the_process_group_waits_long_enough_for_a_download_or_a_checkpoint(monk
     """NCCL gives up after 10 minutes by default, less than rank 0 may take to fetch gpt2-xl or fsync a checkpoint."""
     calls = []
     monkeypatch.setattr(torch.distributed, 'init_process_group', lambda **kwargs: calls.append(kwargs))
-    for key, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1').items():
+    torchrun = dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1', MASTER_PORT='29500')
+    for key, value in torchrun.items():
         monkeypatch.setenv(key, value)
     rt = common.setup('cpu', 'float32')
     assert rt.ddp and len(calls) == 1

@@ -160,7 +160,8 @@ def test_train_from_hf_folder_crops_and_resumes(tmp_path, monkeypatch):
     for k, v in pretrained.state_dict().items():
         assert torch.equal(start.state_dict()[k], v[:32] if k == 'transformer.wpe.weight' else v), k
 
-    train.train(train_cfg(tmp_path, init_from=str(tmp_path / 'gpt2-tiny')))
+    # the run above left its log in out: a second new run there must say it replaces it
+    train.train(train_cfg(tmp_path, init_from=str(tmp_path / 'gpt2-tiny'), overwrite=True))
     ckpt = load_checkpoint(str(tmp_path / 'out' / 'ckpt.pt'))
     # the pretrained model's shape, vocabulary and biases, whatever the settings say (bias=False by default)
     assert ckpt['model_args'] == {'n_layer': 2, 'n_head': 2, 'n_embd': 32, 'block_size': 32, 'bias': True,

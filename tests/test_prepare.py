@@ -69,7 +69,7 @@ def test_train_prepares_tiny_shakespeare_itself_when_its_files_are_missing(tmp_p
     assert 'data/shakespeare_char is not prepared yet: running data/shakespeare_char/prepare.py first' in r.stdout
     check_char_outputs(data_dir, text)
     assert (tmp_path / 'out' / 'ckpt.pt').exists()
-    r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=2', cwd=tmp_path)
+    r = run_in_process('train.py', *TINY, '--out_dir=out2', '--max_iters=2', cwd=tmp_path)
     assert r.returncode == 0 and 'not prepared yet' not in r.stdout
 
 

@@ -262,7 +262,7 @@ def test_logged_step_time_includes_the_device_work(char_data, monkeypatch):
     monkeypatch.setattr(train, 'train_step', step)
     cfg = tiny_run(char_data / 'out', eval_iters=1, eval_interval=100, max_iters=6)
     for log_interval in (1, 3):
-        train.train(dict(cfg, log_interval=log_interval))
+        train.train(dict(cfg, log_interval=log_interval, overwrite=True))  # the second run replaces the first
         ms = [r['ms'] for r in read_log(char_data / 'out') if 'ms' in r]
         # every iteration's device work is counted once: with log_interval 3, the mean over the 3 since the last line
         expected = 1001.0 if log_interval == 1 else (3 * 0.001 + 1.0) / 3 * 1000
