@@ -4,6 +4,7 @@ one tiny training run they all use, and a loopback HTTP server. Fixtures built o
 """
 
 import contextlib
+import hashlib
 import http.server
 import importlib
 import importlib.util
@@ -154,6 +155,12 @@ def val_losses(out_dir):
     return {r['iter']: r['val_loss'] for r in read_log(out_dir) if 'val_loss' in r}
 
 
+def checksums(folder):
+    """Every file under folder (but a run's lock file, which holds the last owner's pid) and its sha256."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob('*')) if p.is_file() and p.name != 'train.lock'}
+
+
 # -----------------------------------------------------------------------------
 # a loopback HTTP server
 
@@ -227,3 +234,4 @@ def loopback_server(folder):
     finally:
         server.shutdown()
         server.server_close()
+

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from helpers import TINY, run_in_process, run_script
+from helpers import TINY, checksums, run_in_process, run_script
 
 
 def assert_one_line_error(result, *fragments, status=None):
@@ -24,8 +24,8 @@ def assert_one_line_error(result, *fragments, status=None):
 
 @pytest.fixture
 def trained(char_data):
-    """A working folder with a tiny trained run in out/."""
-    r = run_script('train.py', *TINY, '--out_dir=out', '--max_iters=2', cwd=char_data)
+    """A working folder with a tiny trained run in out/ (2 iterations, trained in this process)."""
+    r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=2', cwd=char_data)
     assert r.returncode == 0, r.stderr
     return char_data
 
@@ -168,3 +168,296 @@ def test_impossible_settings_exit_2(char_data, args, fragment):
 ])
 def test_impossible_sample_settings_exit_2(tmp_path, args, fragment):
     assert_one_line_error(run_in_process('sample.py', *args, cwd=tmp_path), fragment, status=2)
+
+
+# -----------------------------------------------------------------------------
+# settings that cannot be meant, refused before anything is read or written
+
+@pytest.mark.parametrize('args, fragment', [
+    (['--grad_clip=-1.0'], 'grad_clip=-1.0 must be 0 or more'),
+    (['--weight_decay=-0.1'], 'weight_decay=-0.1 must be 0 or more'),
+    (['--learning_rate=-3e-4'], 'learning_rate=-0.0003 must be 0 or more'),
+    (['--learning_rate=nan'], "learning_rate='nan' has type str"),
+    (['--learning_rate=float("nan")'], "has type str"),
+    (['--beta1=1.0'], 'beta1=1.0 must be in [0, 1)'),
+    (['--beta2=-0.5'], 'beta2=-0.5 must be in [0, 1)'),
+    (['--min_lr=1.0'], 'min_lr=1.0 is above learning_rate=0.003, but the schedule decays'),
+    (['--max_iters=-1'], 'max_iters=-1 must be 0 or more'),
+    (['--seed=-1'], 'seed=-1 must be in [0, 2**64)'),
+    (['--seed=18446744073709551616'], 'seed=18446744073709551616 must be in [0, 2**64)'),
+    (['--hellaswag_examples=0'], 'hellaswag_examples=0 must be at least 1'),
+    (['--dataset='], "dataset='' must be a folder name, not empty"),
+    (['--out_dir= '], "out_dir=' ' must be a folder name, not empty"),
+])
+def test_settings_that_cannot_be_meant_exit_2(tmp_path, args, fragment):
+    assert_one_line_error(run_in_process('train.py', *TINY, '--out_dir=out', *args, cwd=tmp_path), fragment, status=2)
+    assert os.listdir(tmp_path) == []  # nothing written
+
+
+def test_nan_learning_rate_from_a_config_file(tmp_path):
+    (tmp_path / 'nan.py').write_text("learning_rate = float('nan')\n")
+    r = run_in_process('train.py', *TINY, 'nan.py', cwd=tmp_path)
+    assert_one_line_error(r, 'learning_rate=nan must be 0 or more', status=2)
+
+
+def test_min_lr_above_learning_rate_is_fine_without_decay(char_data):
+    r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=1', '--decay_lr=False', '--min_lr=1.0',
+                       cwd=char_data)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize('script, args, fragment', [
+    ('sample.py', ['--max_new_tokens=-5'], 'max_new_tokens=-5 must be 0 or more'),
+    ('sample.py', ['--num_samples=0'], 'num_samples=0 must be at least 1'),
+    ('sample.py', ['--seed=-3'], 'seed=-3 must be in [0, 2**64)'),
+    ('bench.py', ['--num_steps=0'], 'num_steps=0 must be at least 1'),
+    ('bench.py', ['--repeats=0'], 'repeats=0 must be at least 1'),
+    ('bench.py', ['--prompt_len=0'], 'prompt_len=0 must be at least 1'),
+    ('bench.py', ['--n_head=5'], 'n_embd=768 must be a multiple of n_head=5'),
+    ('bench.py', ['--grad_clip=-1.0'], 'grad_clip=-1.0 must be 0 or more'),
+    ('hellaswag.py', ['--max_examples=0'], 'max_examples=0 must be at least 1'),
+])
+def test_other_scripts_settings_exit_2(tmp_path, script, args, fragment):
+    assert_one_line_error(run_in_process(script, *args, cwd=tmp_path), fragment, status=2)
+
+
+@pytest.mark.parametrize('args, fragments', [
+    (['batch_size=4'], ["config file 'batch_size=4' not found; settings are written --batch_size=4"]),
+    (['config'], ["config file 'config' is a folder"]),
+    (['latin1.py'], ["config file 'latin1.py' is not UTF-8 text", 'save it as UTF-8']),
+])
+def test_config_path_mistakes(tmp_path, args, fragments):
+    (tmp_path / 'config').mkdir()
+    (tmp_path / 'latin1.py').write_bytes('# caf\xe9\nbatch_size = 4\n'.encode('latin-1'))
+    assert_one_line_error(run_in_process('train.py', *args, cwd=tmp_path), *fragments, status=2)
+
+
+def test_key_value_without_dashes_on_a_real_command_line(tmp_path):
+    r = run_script('train.py', 'batch_size=4', cwd=tmp_path)
+    assert_one_line_error(r, 'settings are written --batch_size=4', status=2)
+
+
+# -----------------------------------------------------------------------------
+# the run in out_dir, its checkpoints and its data
+
+@pytest.mark.parametrize('args, fragments', [
+    (['--max_iters=8'], ["out_dir 'out' already holds a run (ckpt.pt, log.jsonl)", '--overwrite=True']),
+    (['--init_from=resume', '--n_layer=3'], ['n_layer=3 differs from the resumed run', 'keeps its shape']),
+    (['--init_from=resume', '--n_embd=64', '--bias=True'],
+     ['n_embd=64, bias=True differ from the resumed run', 'n_embd=32, bias=False']),
+    (['--init_from=resume', '--block_size=64'], ['block_size=64 differs from the resumed run']),
+    (['--init_from=resume', '--dataset=other'], ["dataset='other' is not the resumed run's dataset "
+                                                 "'shakespeare_char'", '--change_dataset=True']),
+])
+def test_a_run_is_not_replaced_or_changed_by_mistake(trained, args, fragments):
+    before = checksums(trained)
+    r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=8', *args, cwd=trained)
+    assert_one_line_error(r, *fragments, status=1)
+    assert checksums(trained) == before
+
+
+def test_tokens_outside_the_vocabulary_are_refused(trained):
+    """Data prepared for a bigger vocabulary: a resumed (asked to change data) or a new run refuses it."""
+    other = trained / 'data' / 'other'
+    other.mkdir()
+    import numpy as np
+    np.array([1, 2, 3, 500] * 2000, dtype=np.uint16).tofile(other / 'train.bin')
+    np.array([1, 2, 3, 4] * 2000, dtype=np.uint16).tofile(other / 'val.bin')
+    before = checksums(trained)
+    r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=8', '--init_from=resume',
+                       '--dataset=other', '--change_dataset=True', cwd=trained)
+    assert_one_line_error(r, "'data/other/train.bin' holds token id 500, outside the model's vocabulary of 62")
+    assert checksums(trained) == before
+    (other / 'meta.pkl').write_bytes(pickle.dumps({'vocab_size': 10, 'itos': {}, 'stoi': {}}))  # a lying meta.pkl
+    r = run_in_process('train.py', *TINY, '--out_dir=new', '--max_iters=8', '--dataset=other', cwd=trained)
+    assert_one_line_error(r, "holds token id 500, outside the model's vocabulary of 10")
+
+
+def test_an_odd_sized_bin_is_refused(char_data):
+    with open(char_data / 'data' / 'shakespeare_char' / 'val.bin', 'ab') as f:
+        f.write(b'\x01')
+    r = run_in_process('train.py', *TINY, '--out_dir=out', cwd=char_data)
+    assert_one_line_error(r, "'data/shakespeare_char/val.bin' has an odd number of bytes",
+                          'python data/shakespeare_char/prepare.py')
+
+
+@pytest.mark.parametrize('out_dir', ['afile', 'afile/out'])
+def test_out_dir_that_cannot_be_a_folder(char_data, out_dir):
+    (char_data / 'afile').write_text('not a folder')
+    r = run_in_process('train.py', *TINY, f'--out_dir={out_dir}', cwd=char_data)
+    assert_one_line_error(r, f"cannot write to out_dir '{out_dir}'", 'choose another --out_dir')
+    assert (char_data / 'afile').read_text() == 'not a folder'
+
+
+def test_a_read_only_out_dir(trained, monkeypatch):
+    """A folder this user cannot write (simulated: the tests may run as root, who can write anywhere)."""
+    import builtins
+
+    import common
+
+    def read_only_open(path, *args, **kwargs):
+        if str(path).endswith('train.lock'):
+            raise PermissionError(13, 'Permission denied')
+        return builtins.open(path, *args, **kwargs)
+    monkeypatch.setattr(common, 'open', read_only_open, raising=False)
+    before = checksums(trained)
+    for extra in ('--init_from=resume', '--overwrite=True'):
+        r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=8', extra, cwd=trained)
+        assert_one_line_error(r, "cannot write to out_dir 'out' (Permission denied); choose another --out_dir")
+    assert checksums(trained) == before
+
+
+def test_eval_only_writes_nothing_so_needs_no_writable_folder(trained, monkeypatch):
+    def no_writing(*a, **k):
+        raise PermissionError(13, 'Permission denied')
+    monkeypatch.setattr(os, 'makedirs', no_writing)
+    before = checksums(trained)
+    r = run_in_process('train.py', *TINY, '--out_dir=out', '--init_from=resume', '--eval_only=True', cwd=trained)
+    assert r.returncode == 0, r.stderr
+    assert 'step 2: train loss' in r.stdout
+    assert checksums(trained) == before
+
+
+@pytest.mark.parametrize('drop', ['optimizer', 'iter_num'])
+def test_resuming_a_weights_only_checkpoint(trained, drop):
+    import torch
+    ckpt = torch.load(trained / 'out' / 'ckpt.pt', weights_only=True)
+    del ckpt[drop]
+    torch.save(ckpt, trained / 'out' / 'ckpt.pt')
+    before = checksums(trained)
+    r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=8', '--init_from=resume', cwd=trained)
+    assert_one_line_error(r, f"checkpoint 'out/ckpt.pt' has no {drop}", 'not a run to resume')
+    assert checksums(trained) == before
+
+
+@pytest.mark.parametrize('change, fragment', [
+    (dict(n_layer='1'), "n_layer='1'"),
+    (dict(n_head=0), 'n_head=0'),
+    (dict(n_head=5), 'n_embd=32 with n_head=5 (not a multiple)'),
+    (dict(bias='yes'), "bias='yes'"),
+])
+def test_checkpoint_model_args_that_cannot_build_a_model(trained, change, fragment):
+    import torch
+    ckpt = torch.load(trained / 'out' / 'ckpt.pt', weights_only=True)
+    ckpt['model_args'].update(change)
+    torch.save(ckpt, trained / 'out' / 'ckpt.pt')
+    r = run_in_process('sample.py', '--out_dir=out', '--device=cpu', cwd=trained)
+    assert_one_line_error(r, "'out/ckpt.pt' describes a model that cannot be built", fragment)
+
+
+def test_hf_config_that_cannot_build_a_model(tmp_path):
+    import json
+
+    import hf
+    from model import GPT, GPTConfig
+    hf.save_pretrained(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20)), str(tmp_path / 'm'))
+    config = json.loads((tmp_path / 'm' / 'config.json').read_text())
+    config['n_layer'] = '1'
+    (tmp_path / 'm' / 'config.json').write_text(json.dumps(config))
+    r = run_in_process('sample.py', '--init_from=m', '--device=cpu', cwd=tmp_path)
+    assert_one_line_error(r, "'m/config.json' describes a model that cannot be built (n_layer='1')")
+
+
+def test_a_damaged_ckpt_last_beside_a_good_ckpt(trained):
+    good = (trained / 'out' / 'ckpt.pt').read_bytes()
+    (trained / 'out' / 'ckpt_last.pt').write_bytes(good[:len(good) // 2])
+    r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=8', '--init_from=resume', cwd=trained)
+    assert_one_line_error(r, "checkpoint 'out/ckpt_last.pt' is damaged",
+                          "move it aside to resume from 'out/ckpt.pt' instead")
+    assert (trained / 'out' / 'ckpt.pt').read_bytes() == good
+
+
+def test_a_second_signal_during_a_save_is_interrupted(trained, monkeypatch):
+    import torch
+
+    def interrupted_save(obj, f):
+        f.write(b'part of a checkpoint')
+        raise KeyboardInterrupt
+    good = (trained / 'out' / 'ckpt.pt').read_bytes()
+    monkeypatch.setattr(torch, 'save', interrupted_save)
+    r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=8', '--init_from=resume', cwd=trained)
+    assert r.returncode == 130 and r.stderr.strip() == 'interrupted'
+    assert (trained / 'out' / 'ckpt.pt').read_bytes() == good
+    assert sorted(os.listdir(trained / 'out')) == ['ckpt.pt', 'log.jsonl', 'train.lock']
+
+
+@pytest.mark.parametrize('env, fragment', [
+    ({'RANK': 'abc', 'LOCAL_RANK': '0', 'WORLD_SIZE': '2', 'MASTER_ADDR': 'x', 'MASTER_PORT': '1'},
+     "RANK='abc' is not a process number"),
+    ({'WORLD_SIZE': '0'}, "WORLD_SIZE='0' is not a process count"),
+    ({'RANK': '0'}, 'RANK is set but LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT not'),
+    ({'RANK': '2', 'LOCAL_RANK': '0', 'WORLD_SIZE': '2', 'MASTER_ADDR': 'x', 'MASTER_PORT': '1'},
+     'RANK=2 is not below WORLD_SIZE=2'),
+])
+def test_a_broken_distributed_environment(char_data, monkeypatch, env, fragment):
+    for key in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    r = run_in_process('train.py', *TINY, '--out_dir=out', cwd=char_data)
+    assert_one_line_error(r, fragment, 'run under torchrun, or unset RANK')
+    assert not (char_data / 'out').exists()
+
+
+# -----------------------------------------------------------------------------
+# files from the user: prompts, texts to prepare, exports
+
+def test_prompt_file_that_is_not_utf8(trained):
+    (trained / 'prompt.txt').write_bytes(b'ROMEO \xff\xfe')
+    r = run_in_process('sample.py', '--out_dir=out', '--device=cpu', '--start=FILE:prompt.txt', cwd=trained)
+    assert_one_line_error(r, "prompt file 'prompt.txt' is not UTF-8 text", 'save it as UTF-8')
+
+
+def test_a_char_table_that_does_not_fit_the_model(trained):
+    """A character table of another size than the model's vocabulary would decode ids it lacks (an IndexError)."""
+    import torch
+    ckpt = torch.load(trained / 'out' / 'ckpt.pt', weights_only=True)
+    ckpt['tokenizer']['chars'] = ckpt['tokenizer']['chars'][:40]
+    torch.save(ckpt, trained / 'out' / 'ckpt.pt')
+    r = run_in_process('sample.py', '--out_dir=out', '--device=cpu', '--start=ROMEO', cwd=trained)
+    assert_one_line_error(r, "the model has 62 token ids but its character table 40 characters")
+
+
+def test_export_into_a_folder_that_holds_a_model(trained):
+    hf_dir = trained / 'char-hf'
+    hf_dir.mkdir()
+    (hf_dir / 'pytorch_model.bin').write_bytes(b'another model')
+    (hf_dir / 'config.json').write_text('{}')
+    before = checksums(hf_dir)
+    r = run_in_process('export_hf.py', '--out_dir=out', '--hf_dir=char-hf', cwd=trained)
+    assert_one_line_error(r, "'char-hf' already holds a model (config.json, pytorch_model.bin)", '--overwrite=True')
+    assert checksums(hf_dir) == before
+    r = run_in_process('export_hf.py', '--out_dir=out', '--hf_dir=char-hf', '--overwrite=True', cwd=trained)
+    assert r.returncode == 0, r.stderr
+    # no stale weights beside the new ones
+    assert sorted(os.listdir(hf_dir)) == ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']
+
+
+@pytest.mark.parametrize('content, fragment', [
+    (b'', "is empty; delete it to download Tiny Shakespeare again"),
+    (b'  \n\n', "is empty"),
+    ('caf\xe9'.encode('latin-1'), 'is not UTF-8 text'),
+])
+@pytest.mark.parametrize('dataset', ['shakespeare_char', 'shakespeare'])
+def test_prepare_refuses_an_input_it_cannot_use(tmp_path, content, fragment, dataset):
+    from helpers import load_script
+    (tmp_path / 'input.txt').write_bytes(content)
+    prepare = load_script(f'data/{dataset}/prepare.py', f'prepare_{dataset}')
+    from common import UserError
+    with pytest.raises(UserError, match=fragment):
+        prepare.prepare(str(tmp_path))
+    assert os.listdir(tmp_path) == ['input.txt']  # no empty bins written
+
+
+@pytest.mark.parametrize('init_from', ['scratch', 'resume'])
+def test_ctrl_c_during_start_up_is_interrupted(trained, monkeypatch, init_from):
+    import train
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, 'init_model', interrupted)
+    before = checksums(trained)
+    out_dir = 'out' if init_from == 'resume' else 'new'
+    r = run_in_process('train.py', *TINY, f'--out_dir={out_dir}', f'--init_from={init_from}', cwd=trained)
+    assert r.returncode == 130 and r.stderr.strip() == 'interrupted'
+    assert checksums(trained) == before  # nothing written, so a new run there is not refused later

@@ -93,3 +93,9 @@ def test_a_damaged_shard_already_on_disk_is_deleted(served_shards, tmp_path):
 def test_bad_arguments(argv, message):
     with pytest.raises(UserError, match=message):
         fineweb.main(argv)
+
+
+def test_a_missing_shard_says_where_to_put_it(served_shards, tmp_path):
+    server, _ = served_shards
+    with pytest.raises(UserError, match=r"404.*put the file at '.*fineweb_train_000004.bin' by hand"):
+        fineweb.prepare(str(tmp_path), 4, base_url=server.url)

@@ -180,6 +180,26 @@ def test_standalone_on_a_checkpoint(tmp_path, monkeypatch, capsys):
     assert line in capsys.readouterr().out
 
 
+def test_offline_or_missing_download_says_where_to_put_the_file(http_server, tmp_path, monkeypatch):
+    import socket
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr('common.time.sleep', lambda s: None)  # no waiting between the retries
+    path = str(tmp_path / 'hellaswag_val.jsonl')
+    for url in (f'http://127.0.0.1:{port}/hellaswag_val.jsonl', f'{http_server.url}/nothing.jsonl'):
+        monkeypatch.setattr(hellaswag, 'URL', url)
+        with pytest.raises(UserError, match=f"put the HellaSwag validation set at '{path}' by hand"):
+            hellaswag.load_examples(path)
+
+
+def test_a_file_that_is_not_utf8_is_refused(tmp_path):
+    path = tmp_path / 'hellaswag_val.jsonl'
+    path.write_bytes(b'{"ctx": "caf\xe9", "endings": ["a", "b", "c", "d"], "label": 0}\n')
+    with pytest.raises(UserError, match='line 1 is not a HellaSwag example; delete the file'):
+        hellaswag.load_examples(str(path))
+
+
 # -----------------------------------------------------------------------------
 # scored in train.py at each eval
 
