@@ -7,6 +7,7 @@ peaks; on CPU a matmul peak measured at start).
 $ python bench.py
 $ python bench.py --batch_size=8 --compile=False --profile=True  (a torch.profiler trace in profile_dir)
 $ python bench.py --dataset=openwebtext  (real batches, as train.py draws them)
+$ python bench.py --lora_rank=8 --gradient_checkpointing=True  (LoRA finetuning's step, with recomputation)
 
 mode='generate': tokens/s of GPT.generate with and without the KV cache, greedy.
 $ python bench.py --mode=generate  (16-token prompt, 128 new tokens)
@@ -23,7 +24,7 @@ import torch
 from common import UserError, run_main, setup
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
 from data import TRAIN_BATCH, data_files, get_batch
-from model import GPT, PADDED_VOCAB_SIZE, GPTConfig
+from model import GPT, PADDED_VOCAB_SIZE, GPTConfig, add_lora
 from train import train_step, wrap_model
 
 # -----------------------------------------------------------------------------
@@ -43,6 +44,9 @@ dataset = ''  # '': synthetic batches; else batches from data/<dataset>, as trai
 warmup_steps = 10  # untimed steps first: compilation, the allocator and kernel choice happen in these
 num_steps = 20  # timed steps
 compile = None  # torch.compile the model; None: on for CUDA only
+lora_rank = 0  # as train.py: r > 0 trains rank-r adapters on lora_targets only (LoRA finetuning)
+lora_targets = 'c_attn'
+gradient_checkpointing = False  # as train.py: recompute each block's activations in the backward pass
 profile = False  # also record a few steps with torch.profiler
 profile_dir = 'bench_profile'  # where the profiler's trace goes
 # generation
@@ -80,7 +84,11 @@ def bench_model(cfg, rt):
     torch.manual_seed(cfg.seed)
     config = GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                        vocab_size=cfg.vocab_size, bias=cfg.bias, dropout=0.0)
-    return GPT(config).to(rt.device)
+    model = GPT(config)
+    if cfg.mode == 'train' and cfg.lora_rank:
+        add_lora(model, cfg.lora_rank, 16.0, 0.0, cfg.lora_targets.split(','))
+    model.gradient_checkpointing = cfg.mode == 'train' and cfg.gradient_checkpointing
+    return model.to(rt.device)
 
 
 def bench_train(cfg):
@@ -102,7 +110,8 @@ def bench_train(cfg):
     print(f"train: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {cfg.block_size}, vocab "
           f"{cfg.vocab_size}, {raw_model.get_num_params() / 1e6:.1f}M params; batch {cfg.batch_size} x "
           f"{cfg.gradient_accumulation_steps}, {'data/' + cfg.dataset if files else 'synthetic data'}; "
-          f"{rt.dtype} on {rt.device}, compile {model is not raw_model}")
+          f"{rt.dtype} on {rt.device}, compile {model is not raw_model}, lora_rank {cfg.lora_rank}, "
+          f"gradient_checkpointing {cfg.gradient_checkpointing}")
 
     def steps(n, first):
         next_batch, loss = batch(first, 0), None

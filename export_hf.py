@@ -5,6 +5,9 @@ transformers loads with GPT2LMHeadModel.from_pretrained(hf_dir), and GPT.from_pr
 
 $ python export_hf.py --out_dir=out-shakespeare --hf_dir=gpt2-shakespeare
 
+A LoRA run (lora_rank > 0) exports its finetuned model with the adapters merged in, and the adapters alone in
+hf_dir/lora, for Hugging Face peft (PeftModel.from_pretrained on the model the run started from).
+
 A model trained with bias=False gets zero biases (HF's GPT-2 always has them); a padded vocabulary stays
 padded. The folder holds the model's tokenizer, so AutoTokenizer.from_pretrained(hf_dir) works offline: GPT-2's
 vocab.json and merges.txt for a GPT-2 BPE model, a tokenizer.json of its characters for a char-level model, the
@@ -59,6 +62,12 @@ def export(cfg):
     n_params = model.get_num_params(non_embedding=False)
     print(f"wrote {hf_dir}: {', '.join(['config.json', 'model.safetensors'] + files)} ({n_params / 1e6:.2f}M "
           f"parameters, vocab_size {model.config.vocab_size}, block_size {model.config.block_size})")
+    if 'lora' in ckpt:
+        # in a folder of its own: transformers would apply adapters it finds beside the merged weights again
+        lora_dir = os.path.join(hf_dir, 'lora')
+        dropout = ckpt.get('config', {}).get('lora_dropout', 0.0)
+        n = hf.save_lora_adapters(ckpt['lora'], lora_dir, dropout, getattr(torch, cfg.dtype))
+        print(f"wrote {lora_dir}: the LoRA adapters alone ({n:,} weights), in Hugging Face peft's format")
     return hf_dir
 
 

@@ -260,6 +260,24 @@ def model_files(folder):
                   or re.fullmatch(r'(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)', n))
 
 
+def save_lora_adapters(lora, hf_dir, dropout=0.0, dtype=torch.float32):
+    """
+    Write a LoRA run's adapters alone (a checkpoint's 'lora', see train.lora_checkpoint) as Hugging Face peft
+    writes them: adapter_config.json and adapter_model.safetensors, which PeftModel.from_pretrained puts on the
+    base model the run started from. fan_in_fan_out: HF's GPT-2 keeps these weights transposed (Conv1D).
+    """
+    os.makedirs(hf_dir, exist_ok=True)
+    adapters = {f"base_model.model.{k}.weight": v.to(dtype) for k, v in lora['weights'].items()
+                if k.endswith(('.lora_A', '.lora_B'))}
+    write_safetensors(adapters, os.path.join(hf_dir, 'adapter_model.safetensors'), metadata={'format': 'pt'})
+    config = {'peft_type': 'LORA', 'task_type': 'CAUSAL_LM', 'r': lora['rank'], 'lora_alpha': lora['alpha'],
+              'lora_dropout': dropout, 'target_modules': lora['targets'], 'fan_in_fan_out': True, 'bias': 'none',
+              'base_model_name_or_path': None, 'inference_mode': True}
+    with open(os.path.join(hf_dir, 'adapter_config.json'), 'w') as f:
+        json.dump(config, f, indent=2)
+    return sum(v.numel() for v in adapters.values())
+
+
 # -----------------------------------------------------------------------------
 # tokenizers, in the files transformers' AutoTokenizer reads: GPT-2's vocab.json and merges.txt, a dataset's own
 # BPE's tokenizer.json as it is, or, for a character vocabulary, a tokenizer.json of the tokenizers library (a BPE

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from common import UserError, checkpoint_path, load_checkpoint
 
@@ -135,6 +136,52 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), kv_cache)
         x = x + self.mlp(self.ln_2(x))
         return x
+
+
+class LoRALinear(nn.Module):
+    """
+    A Linear layer with a low-rank adapter (LoRA, Hu et al. 2021, https://arxiv.org/abs/2106.09685):
+    y = x W^T + b + (alpha / r) * dropout(x) A^T B^T, where only A (r, in) and B (out, r) train. B starts at
+    zero, so a new adapter leaves the model as it was. It keeps the Linear's own weight and bias, under their
+    names, so the state dict keeps GPT-2's names and gains '.lora_A' and '.lora_B' beside them.
+    """
+
+    def __init__(self, linear, rank, alpha, dropout):
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+        self.lora_A = nn.Parameter(torch.empty(rank, linear.in_features, device=linear.weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(linear.out_features, rank, device=linear.weight.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own init, as in the LoRA paper's code
+        self.scaling = alpha / rank
+        self.lora_dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias) + self.scaling * (self.lora_dropout(x) @ self.lora_A.t()
+                                                                     @ self.lora_B.t())
+
+
+LORA_TARGETS = ('c_attn', 'c_proj', 'c_fc')  # the Linears that can get adapters; lm_head is tied to wte
+
+
+def add_lora(model, rank, alpha, dropout, targets=('c_attn',)):
+    """Freeze all of model's weights and put a trainable adapter on each Linear named in targets."""
+    assert set(targets) <= set(LORA_TARGETS), targets
+    model.requires_grad_(False)
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if name in targets and isinstance(child, nn.Linear):
+                setattr(module, name, LoRALinear(child, rank, alpha, dropout))
+    return model
+
+
+def merge_lora(state_dict, scaling):
+    """The state dict of a model with adapters as plain GPT weights: each adapted W becomes W + scaling * B A."""
+    merged = {k: v for k, v in state_dict.items() if not k.endswith(('.lora_A', '.lora_B'))}
+    for k, A in state_dict.items():
+        if k.endswith('.lora_A'):
+            layer = k.removesuffix('lora_A')
+            merged[layer + 'weight'] = state_dict[layer + 'weight'] + scaling * (state_dict[layer + 'lora_B'] @ A)
+    return merged
 
 
 GPT2_VOCAB_SIZE = 50257  # GPT-2's BPE: 50,000 merges, 256 bytes and <|endoftext|>
@@ -265,6 +312,9 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying: the input embedding and the output projection share one matrix (GPT-2 does this)
         self.transformer.wte.weight = self.lm_head.weight
+        # recompute each block's activations in the backward pass instead of keeping them: less memory for
+        # about one more forward pass of compute (train.py's gradient_checkpointing)
+        self.gradient_checkpointing = False
 
         self.apply(self._init_weights)
         # scaled init of the residual projections, per the GPT-2 paper: each block adds two residual branches
@@ -306,7 +356,11 @@ class GPT(nn.Module):
         pos_emb = self.transformer.wpe(pos)  # (t, n_embd)
         x = self.transformer.drop(tok_emb + pos_emb)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, None if kv_caches is None else kv_caches[i])
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                # non-reentrant: works when the input needs no gradient (frozen embeddings under LoRA)
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, None if kv_caches is None else kv_caches[i])
         x = self.transformer.ln_f(x)
 
         if targets is not None:

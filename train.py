@@ -29,13 +29,18 @@ from contextlib import ExitStack, suppress
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common import (BEST, LAST, LOG, UserError, all_or_none, checkpoint_name, checkpoint_path, compile_blocker,
                     dist_env, local_rank0_first, own_out_dir, print0, run_main, save_checkpoint, setup, teardown)
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
 from data import (DROPOUT, EVAL_BATCH, PROJECT_DIR, SPLITS, TRAIN_BATCH, data_files, dataset_tokenizer, get_batch,
                   meta_vocab_size)
-from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, MODEL_ARGS, PADDED_VOCAB_SIZE, GPTConfig, load_model
+from model import (GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, LORA_TARGETS, MODEL_ARGS, PADDED_VOCAB_SIZE, GPTConfig,
+                   add_lora, load_model, merge_lora)
 
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText
@@ -84,6 +89,13 @@ device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'cuda:1'
 dtype = 'auto'  # 'auto' (bfloat16 where supported, else float16 on CUDA; float32 elsewhere), 'float32', ...
 compile = None  # use PyTorch 2.0 to compile the model to be faster; None: on for CUDA only
 seed = 1337
+# bigger models on less memory (see the README)
+lora_rank = 0  # LoRA finetuning: 0 trains every weight; r > 0 freezes them and trains rank-r adapters only
+lora_alpha = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank
+lora_dropout = 0.0  # dropout on the adapters' input
+lora_targets = 'c_attn'  # the Linear layers that get adapters, comma-separated: any of c_attn, c_proj, c_fc
+gradient_checkpointing = False  # recompute each block's activations in the backward pass: less memory, more time
+fsdp = False  # under torchrun: shard weights, gradients and optimizer state over the processes (FSDP2), not DDP
 # -----------------------------------------------------------------------------
 DEFAULTS = config_from_globals(globals())
 TYPES = {'compile': bool, 'hellaswag_examples': int}
@@ -98,8 +110,8 @@ def check_settings(cfg):
     require(cfg, ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
                   'log_interval', 'n_layer', 'n_head', 'n_embd', 'hellaswag_examples'), lambda v: v >= 1, 'at least 1')
     require(cfg, ('max_iters', 'warmup_iters', 'lr_decay_iters', 'learning_rate', 'min_lr', 'weight_decay',
-                  'grad_clip'), lambda v: v >= 0, '0 or more')
-    require(cfg, ('dropout', 'beta1', 'beta2'), lambda v: 0 <= v < 1, 'in [0, 1)')
+                  'grad_clip', 'lora_rank'), lambda v: v >= 0, '0 or more')
+    require(cfg, ('dropout', 'beta1', 'beta2', 'lora_dropout'), lambda v: 0 <= v < 1, 'in [0, 1)')
     require(cfg, 'seed', *SEED_RANGE)
     require(cfg, ('dataset', 'out_dir'), lambda v: v.strip() != '', 'a folder name, not empty')
     if cfg.n_embd % cfg.n_head:
@@ -107,6 +119,17 @@ def check_settings(cfg):
     if cfg.decay_lr and cfg.min_lr > cfg.learning_rate:
         raise ConfigError(f"min_lr={cfg.min_lr} is above learning_rate={cfg.learning_rate}, but the schedule decays "
                           f"from learning_rate to min_lr; lower min_lr (learning_rate/10 is usual)")
+    unknown = set(lora_target_names(cfg)) - set(LORA_TARGETS)
+    if unknown or not lora_target_names(cfg):
+        raise ConfigError(f"lora_targets='{cfg.lora_targets}' must name some of {', '.join(LORA_TARGETS)}, "
+                          f"comma-separated")
+    if cfg.fsdp and cfg.eval_hellaswag:
+        raise ConfigError("eval_hellaswag is not supported with fsdp=True; score the checkpoint with hellaswag.py")
+
+
+def lora_target_names(cfg):
+    """The lora_targets setting ('c_attn,c_fc') as a tuple of layer names."""
+    return tuple(t.strip() for t in cfg.lora_targets.split(',') if t.strip())
 
 
 def schedule_warnings(cfg):
@@ -205,8 +228,45 @@ def check_resume(cfg, checkpoint):
                         f"with --dataset={saved['dataset']}, or add --change_dataset=True to go on with new data")
 
 
+def init_lora(model, checkpoint, cfg):
+    """
+    With lora_rank > 0, freeze the model and give the lora_targets layers trainable adapters (LoRA). A resumed
+    run keeps its LoRA settings, and gets back its exact base weights and adapters from the checkpoint's 'lora'.
+    """
+    settings = dict(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=list(lora_target_names(cfg)))
+    saved = (checkpoint or {}).get('lora')
+    if checkpoint is not None:
+        was = {k: saved[k] for k in settings} if saved else dict(rank=0)
+        if was != (settings if cfg.lora_rank else dict(rank=0)):
+            text = ' '.join(f"lora_{k}={','.join(v) if k == 'targets' else v}" for k, v in was.items())
+            raise UserError(f"the run in '{cfg.out_dir}' was trained with {text}; resume it with the same settings")
+    if not cfg.lora_rank:
+        return
+    add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, settings['targets'])
+    if saved:
+        model.load_state_dict({**checkpoint['model'], **saved['weights']})
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print0(f"LoRA: training {trainable:,} of {model.get_num_params(False):,} parameters (the adapters)")
+
+
+def lora_checkpoint(state_dict, cfg):
+    """
+    A LoRA run's weights as its checkpoint holds them. 'model' gets plain GPT weights with the adapters merged
+    in, so every reader of a checkpoint (sample.py, export_hf.py, hellaswag.py, nanoGPT's own sample.py) gets
+    the finetuned model; 'lora' keeps the settings, the adapted layers' base weights and the adapters, from
+    which a resumed run continues exactly (the merged weights, rounded, would not give the base back).
+    """
+    layers = [k.removesuffix('lora_A') for k in state_dict if k.endswith('.lora_A')]
+    weights = {layer + name: state_dict[layer + name] for layer in layers for name in ('weight', 'lora_A', 'lora_B')}
+    lora = dict(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=list(lora_target_names(cfg)), weights=weights)
+    return {'model': merge_lora(state_dict, cfg.lora_alpha / cfg.lora_rank), 'lora': lora}
+
+
 def init_optimizer(model, checkpoint, cfg, rt):
-    """AdamW and the float16 GradScaler, with their state from the checkpoint when resuming."""
+    """
+    AdamW and the float16 GradScaler, with their state from the checkpoint when resuming. Under FSDP, call it
+    after shard_model: the optimizer holds the shards.
+    """
     # float16 needs loss scaling to keep small gradients from underflowing; a no-op otherwise
     scaler = torch.amp.GradScaler(rt.device_type, enabled=(rt.dtype == 'float16'))
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
@@ -214,7 +274,7 @@ def init_optimizer(model, checkpoint, cfg, rt):
     if checkpoint is not None:
         # the moments and step counts come from the checkpoint; weight decay, betas and the kernel from now
         settings = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
-        optimizer.load_state_dict(checkpoint['optimizer'])
+        load_optimizer_state(model, optimizer, checkpoint['optimizer'])
         for group, setting in zip(optimizer.param_groups, settings):
             group.update(setting)
             # load_state_dict placed the step counts for the checkpoint's kernel (on the CPU, unless it was fused on
@@ -228,11 +288,15 @@ def init_optimizer(model, checkpoint, cfg, rt):
     return optimizer, scaler
 
 
-def wrap_model(model, compile, rt):
+def wrap_model(model, compile, rt, fsdp=False):
     """
-    The model as the training step runs it: compiled where asked (compile=None: on CUDA GPUs where it can work),
-    wrapped in DDP under torchrun.
+    The model as the training step runs it: under torchrun sharded with FSDP (in place) or wrapped in DDP, and
+    compiled where asked (compile=None: on CUDA GPUs where it can work).
     """
+    if rt.ddp and fsdp:
+        shard_model(model)
+    elif fsdp:
+        print0("fsdp=True shards over the processes of torchrun; this one process trains unsharded")
     if compile is None and rt.device_type == 'cuda':
         blocker = compile_blocker(rt.device)
         if blocker:
@@ -241,9 +305,8 @@ def wrap_model(model, compile, rt):
     if compile:
         print0("compiling the model... (takes a ~minute)")
         model = torch.compile(model)
-    if rt.ddp:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.local_rank] if rt.device_type == 'cuda' else None)
+    if rt.ddp and not fsdp:
+        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == 'cuda' else None)
     return model
 
 
@@ -267,6 +330,61 @@ def load_hellaswag(cfg, model, rt):
 
 
 # -----------------------------------------------------------------------------
+# FSDP: each process holds a shard of every weight, gradient and optimizer moment; a checkpoint is gathered
+# whole, so it is an ordinary ckpt.pt that resumes and samples anywhere
+
+def shard_model(model):
+    """
+    FSDP2 (https://pytorch.org/docs/stable/distributed.fsdp.fully_shard.html), in place: each block is one unit,
+    whose full weights are all-gathered just before it runs and freed after; the embeddings, the final norm and
+    the tied lm_head form the root unit. Gradients are reduce-scattered, so each process keeps its shard only.
+    """
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+
+
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, gathered to rank 0's memory
+
+
+def model_state(model):
+    """The model's state dict; under FSDP gathered whole on rank 0 (a collective; the others get {})."""
+    return get_model_state_dict(model, options=FULL) if isinstance(model, FSDPModule) else model.state_dict()
+
+
+def parameter_names(model, optimizer):
+    """The names of the optimizer's parameters in its own order, the ids that optimizer.state_dict() numbers."""
+    names = {p: n for n, p in model.named_parameters()}
+    return [names[p] for group in optimizer.param_groups for p in group['params']]
+
+
+def renumber(state, key):
+    """An optimizer state dict with each parameter's key k (an id or a name) replaced by key[k]."""
+    return {'state': {key[k]: s for k, s in state['state'].items()},
+            'param_groups': [{**g, 'params': [key[k] for k in g['params']]} for g in state['param_groups']]}
+
+
+def optimizer_state(model, optimizer):
+    """
+    optimizer.state_dict(), numbered as in one process. Under FSDP it is gathered whole on rank 0 (a collective;
+    the others get {}), and renumbered: PyTorch's gathered form names the parameters instead.
+    """
+    if not isinstance(model, FSDPModule):
+        return optimizer.state_dict()
+    state = get_optimizer_state_dict(model, optimizer, options=FULL)
+    return renumber(state, {name: i for i, name in enumerate(parameter_names(model, optimizer))}) if state else state
+
+
+def load_optimizer_state(model, optimizer, state):
+    """Load a checkpoint's optimizer.state_dict(); under FSDP each process takes its shard of it."""
+    if isinstance(model, FSDPModule):
+        set_optimizer_state_dict(model, optimizer, renumber(state, parameter_names(model, optimizer)),
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state)
+
+
+# -----------------------------------------------------------------------------
 # the training step, which bench.py times as it is
 
 def train_step(model, optimizer, scaler, batch, next_batch, it, rt, accum_steps=1, grad_clip=0.0,
@@ -282,7 +400,9 @@ def train_step(model, optimizer, scaler, batch, next_batch, it, rt, accum_steps=
     nonfinite = torch.zeros((), dtype=torch.bool, device=rt.device)
     first = rt.rank * accum_steps  # this process's first micro-step, numbered over all processes
     for micro_step in range(accum_steps):
-        if rt.ddp:
+        if isinstance(model, DDP):
+            # under FSDP gradients are reduce-scattered at every micro-step: keeping them whole between would
+            # cost the memory FSDP saves
             model.require_backward_grad_sync = micro_step == accum_steps - 1
         if dropout_seed is not None:
             seed_dropout(dropout_seed, it, first + micro_step)
@@ -343,15 +463,17 @@ def evaluate(model, raw_model, files, hellaswag_set, cfg, rt):
 
 def save_run(name, raw_model, optimizer, scaler, iter_num, best, tokenizer, cfg, rt):
     """
-    Write the run's state to out_dir/name (master only); a new best ckpt.pt replaces ckpt_last.pt. best is
-    (best val loss, its iteration); tokenizer is what decodes the model's tokens (data.dataset_tokenizer).
+    Write the run's state to out_dir/name; a new best ckpt.pt replaces ckpt_last.pt. best is (best val loss, its
+    iteration); tokenizer is what decodes the model's tokens (data.dataset_tokenizer). Every process calls it
+    (under FSDP the state is gathered from all of them); the master writes.
     """
+    model, optimizer_state_dict = model_state(raw_model), optimizer_state(raw_model, optimizer)
     if not rt.master:
         return
     path = os.path.join(cfg.out_dir, name)
-    save_checkpoint({
-        'model': raw_model.state_dict(),
-        'optimizer': optimizer.state_dict(),
+    checkpoint = {
+        'model': model,
+        'optimizer': optimizer_state_dict,
         'model_args': {k: getattr(raw_model.config, k) for k in MODEL_ARGS},
         'iter_num': iter_num,
         'best_val_loss': best[0],
@@ -359,7 +481,10 @@ def save_run(name, raw_model, optimizer, scaler, iter_num, best, tokenizer, cfg,
         'config': vars(cfg),
         'scaler': scaler.state_dict(),
         'tokenizer': tokenizer,  # so sampling needs no data folder
-    }, path)
+    }
+    if cfg.lora_rank:
+        checkpoint.update(lora_checkpoint(model, cfg))
+    save_checkpoint(checkpoint, path)
     print0(f"saving checkpoint to {path}")
     if name == BEST and os.path.exists(os.path.join(cfg.out_dir, LAST)):  # the newest state is ckpt.pt again
         os.remove(os.path.join(cfg.out_dir, LAST))
@@ -535,6 +660,9 @@ def train(cfg):
     if cfg.gradient_accumulation_steps % world_size:
         raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide among "
                         f"{world_size} processes; make it a multiple of {world_size}")
+    if cfg.fsdp and cfg.eval_iters % world_size:  # every FSDP process must run the same number of forwards
+        raise UserError(f"eval_iters={cfg.eval_iters} does not divide among {world_size} FSDP processes; "
+                        f"make it a multiple of {world_size}")
     rt = setup(cfg.device, cfg.dtype, cfg.backend)
     try:
         with ExitStack() as owned:
@@ -582,14 +710,16 @@ def start_run(cfg, rt):
     if checkpoint is not None:
         check_resume(cfg, checkpoint)
     files = {split: data_files(data_dir, split) for split in SPLITS}
+    init_lora(raw_model, checkpoint, cfg)
+    raw_model.gradient_checkpointing = cfg.gradient_checkpointing
     raw_model.to(rt.device)
     hellaswag_set = load_hellaswag(cfg, raw_model, rt) if cfg.eval_hellaswag else None
+    model = wrap_model(raw_model, cfg.compile, rt, cfg.fsdp)
     optimizer, scaler = init_optimizer(raw_model, checkpoint, cfg, rt)
     iter_num, best = 0, (float('inf'), None)
     if checkpoint is not None:
         iter_num, best = int(checkpoint['iter_num']), (float(checkpoint.get('best_val_loss', math.inf)),
                                                         checkpoint.get('best_iter'))
-    model = wrap_model(raw_model, cfg.compile, rt)
     return files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set
 
 
