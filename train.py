@@ -78,6 +78,12 @@ weight_decay = 1e-1
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0  # clip gradients at this value, or disable if == 0.0
+# muon optimizer: optimizer='muon' trains the 2-D weights inside the blocks with torch.optim.Muon (PyTorch 2.9+)
+# and the rest (embeddings, biases, LayerNorm gains) with AdamW at learning_rate, as above
+optimizer = 'adamw'  # 'adamw' (nanoGPT's) or 'muon'
+muon_lr = 0.02  # Muon's peak learning rate; it follows learning_rate's warmup and decay, in proportion
+muon_momentum = 0.95
+muon_weight_decay = 0.0  # decoupled: each step scales the matrices by (1 - lr * muon_weight_decay)
 # learning rate decay settings
 decay_lr = True  # whether to decay the learning rate
 warmup_iters = 2000  # how many steps to warm up for
@@ -125,6 +131,13 @@ def check_settings(cfg):
                           f"comma-separated")
     if cfg.fsdp and cfg.eval_hellaswag:
         raise ConfigError("eval_hellaswag is not supported with fsdp=True; score the checkpoint with hellaswag.py")
+    if cfg.optimizer not in ('adamw', 'muon'):
+        raise ConfigError(f"optimizer='{cfg.optimizer}' is not one of 'adamw', 'muon'")
+    if cfg.optimizer == 'muon' and cfg.learning_rate <= 0:  # Muon's schedule is learning_rate's, scaled
+        raise ConfigError(f"learning_rate={cfg.learning_rate} must be above 0 with optimizer='muon'")
+    if cfg.optimizer == 'muon' and (cfg.fsdp or cfg.lora_rank):  # Muon needs whole matrices, and LoRA is AdamW's
+        raise ConfigError(f"optimizer='muon' does not work with {'fsdp=True' if cfg.fsdp else 'lora_rank > 0'}; "
+                          f"use optimizer='adamw'")
 
 
 def lora_target_names(cfg):
@@ -165,8 +178,9 @@ def get_lr(it, cfg):
 
 
 def set_lr(optimizer, lr):
+    """Every group follows the schedule: at lr, or at lr times the group's lr_scale (Muon's groups)."""
     for param_group in optimizer.param_groups:
-        param_group['lr'] = lr
+        param_group['lr'] = lr * param_group.get('lr_scale', 1.0)
     return lr
 
 
@@ -262,16 +276,75 @@ def lora_checkpoint(state_dict, cfg):
     return {'model': merge_lora(state_dict, cfg.lora_alpha / cfg.lora_rank), 'lora': lora}
 
 
+class ChainedOptimizer:
+    """
+    Optimizers over disjoint parameters, used as one: step, zero_grad, param_groups, state and the state dict,
+    which is all that train_step, the GradScaler, resume and a checkpoint ask of an optimizer.
+    """
+
+    def __init__(self, **optimizers):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self):  # read afresh: load_state_dict replaces each optimizer's groups
+        return [group for opt in self.optimizers.values() for group in opt.param_groups]
+
+    @property
+    def state(self):
+        return {p: s for opt in self.optimizers.values() for p, s in opt.state.items()}
+
+    def step(self):
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def zero_grad(self, set_to_none=True):
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state_dict):
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state_dict[name])
+
+
+def muon_params(model):
+    """The 2-D weights inside the transformer blocks (c_attn, c_proj, c_fc, c_proj): the matrices Muon is for."""
+    return [p for p in model.transformer.h.parameters() if p.dim() == 2]
+
+
+def configure_optimizer(model, cfg, device_type):
+    """nanoGPT's AdamW; or Muon for the block matrices and AdamW for the rest (Muon is not for embeddings)."""
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == 'adamw':
+        return model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, betas, device_type)
+    if not hasattr(torch.optim, 'Muon'):
+        raise UserError(f"optimizer='muon' needs torch.optim.Muon (PyTorch 2.9 or later; this is {torch.__version__})"
+                        f": pip install -U torch")
+    matrices = muon_params(model)
+    others = [p for p in model.parameters() if id(p) not in {id(m) for m in matrices}]
+    # adjust_lr_fn='original' scales each update by sqrt(max(1, rows / cols)), as the modded-nanogpt speedrun does
+    muon = torch.optim.Muon(matrices, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
+                            weight_decay=cfg.muon_weight_decay, adjust_lr_fn='original')
+    muon.param_groups[0]['lr_scale'] = cfg.muon_lr / cfg.learning_rate  # set_lr: one schedule drives both
+    adamw = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, betas, device_type, params=others)
+    return ChainedOptimizer(muon=muon, adamw=adamw)
+
+
 def init_optimizer(model, checkpoint, cfg, rt):
     """
-    AdamW and the float16 GradScaler, with their state from the checkpoint when resuming. Under FSDP, call it
-    after shard_model: the optimizer holds the shards.
+    The optimizer and the float16 GradScaler, with their state from the checkpoint when resuming. Under FSDP, call
+    it after shard_model: the optimizer holds the shards.
     """
     # float16 needs loss scaling to keep small gradients from underflowing; a no-op otherwise
     scaler = torch.amp.GradScaler(rt.device_type, enabled=(rt.dtype == 'float16'))
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                           rt.device_type)
+    optimizer = configure_optimizer(model, cfg, rt.device_type)
     if checkpoint is not None:
+        trained_with = checkpoint.get('config', {}).get('optimizer', 'adamw')
+        if trained_with != cfg.optimizer:
+            raise UserError(f"the run in '{cfg.out_dir}' was trained with optimizer='{trained_with}'; resume it "
+                            f"with --optimizer={trained_with}")
         # the moments and step counts come from the checkpoint; weight decay, betas and the kernel from now
         settings = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
         load_optimizer_state(model, optimizer, checkpoint['optimizer'])

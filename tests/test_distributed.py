@@ -38,8 +38,10 @@ def one_and_two_processes(workdir, args, evals, two_args=()):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process_with_accumulation(char_data):
-    args = [*TINY, '--max_iters=6', '--gradient_accumulation_steps=2', '--dropout=0.1', '--eval_interval=3']
+@pytest.mark.parametrize('optimizer', ['adamw', 'muon'])
+def test_two_processes_equal_one_process_with_accumulation(char_data, optimizer):
+    args = [*TINY, '--max_iters=6', '--gradient_accumulation_steps=2', '--dropout=0.1', '--eval_interval=3',
+            f'--optimizer={optimizer}']
     a, b, stdout = one_and_two_processes(char_data, args, {0, 3, 6})
     # only rank 0 logs: one line per iteration, not two
     assert stdout.count('iter 6: loss') == 1

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from helpers import tiny_config, tiny_model
-from model import GPT, GPTConfig, KVCache, peak_flops, sample_next
+from model import GPT, GPTConfig, KVCache, has_fused_adamw, peak_flops, sample_next
 
 
 def test_default_config_is_gpt2_small_with_padded_vocab():
@@ -317,6 +317,28 @@ def test_configure_optimizers_decays_only_matrices():
     assert all(p.dim() >= 2 for p in decay['params']) and all(p.dim() < 2 for p in nodecay['params'])
     n = sum(p.numel() for g in opt.param_groups for p in g['params'])
     assert n == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.skipif(not has_fused_adamw('cpu'), reason='this PyTorch has no fused AdamW for CPU (it came in 2.4)')
+def test_fused_adamw_on_cpu_matches_the_unfused_kernel():
+    """configure_optimizers takes the fused kernel on CPU; its weights equal the plain for-loop AdamW's."""
+    # no biases: the key bias gets a gradient of rounding noise only (softmax ignores it), which Adam would amplify
+    fused_model, plain_model = tiny_model(seed=0, bias=False).train(), tiny_model(seed=0, bias=False).train()
+    fused = fused_model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), 'cpu')
+    assert fused.defaults['fused']
+    plain = torch.optim.AdamW([{'params': [p for p in plain_model.parameters() if p.dim() >= 2], 'weight_decay': 0.1},
+                               {'params': [p for p in plain_model.parameters() if p.dim() < 2], 'weight_decay': 0.0}],
+                              lr=1e-2, betas=(0.9, 0.95), foreach=False)
+    torch.manual_seed(1)
+    for _ in range(5):
+        idx = torch.randint(0, 50, (4, 16))
+        for model, opt in ((fused_model, fused), (plain_model, plain)):
+            _, loss = model(idx, idx)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for (name, a), b in zip(fused_model.state_dict().items(), plain_model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_estimate_mfu_uses_device_peak():

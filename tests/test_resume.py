@@ -1,5 +1,6 @@
 """Checkpoints and resume: exact continuation, which file holds what, and stops (signals, kills, non-finite losses)."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -24,6 +25,33 @@ def test_resume_continues_exactly(char_data, monkeypatch):
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert val_losses('straight')[8] == val_losses('split')[8]
+
+
+def test_muon_resume_continues_exactly_and_keeps_its_optimizer(char_data, monkeypatch):
+    """As with AdamW: 2N iterations in one run equal N, then a resume to 2N, bit for bit."""
+    monkeypatch.chdir(char_data)
+    muon = dict(optimizer='muon', muon_lr=0.02)
+    straight = train.train(tiny_cfg(char_data, max_iters=8, out_dir='straight', **muon))['model']
+    train.train(tiny_cfg(char_data, max_iters=4, out_dir='split', **muon))
+    assert set(load_checkpoint('split/ckpt.pt')['optimizer']) == {'muon', 'adamw'}
+    resumed = train.train(tiny_cfg(char_data, max_iters=8, out_dir='split', init_from='resume', **muon))['model']
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert val_losses('straight')[8] == val_losses('split')[8]
+    with pytest.raises(UserError, match="trained with optimizer='muon'; resume it with --optimizer=muon"):
+        train.train(tiny_cfg(char_data, max_iters=9, out_dir='split', init_from='resume'))
+
+
+@pytest.mark.parametrize('dtype', ['float16', 'bfloat16'])
+def test_muon_trains_and_resumes_in_half_precision(char_data, monkeypatch, dtype):
+    monkeypatch.chdir(char_data)
+    train.train(tiny_cfg(char_data, max_iters=2, dropout=0.0, optimizer='muon', dtype=dtype))
+    result = train.train(tiny_cfg(char_data, max_iters=4, dropout=0.0, optimizer='muon', dtype=dtype,
+                                  init_from='resume'))
+    assert result['iter_num'] == 4 and all(math.isfinite(v) for v in val_losses('out').values())
+    ckpt = load_checkpoint('out/ckpt.pt')
+    assert ckpt['optimizer']['muon']['state'] and ckpt['iter_num'] == 4
+    assert (ckpt['scaler']['scale'] > 0) if dtype == 'float16' else not ckpt['scaler']
 
 
 def test_final_weights_kept_beside_the_best(char_data, monkeypatch):

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import sample
-from common import UserError, save_checkpoint
+import train
+from common import UserError, load_checkpoint, save_checkpoint
 from data import dataset_tokenizer, load_meta
 from configurator import ConfigError, parse_config
 from helpers import REPO, needs_tiktoken_cache, run_in_process
-from model import GPT
+from model import GPT, GPTConfig
 
 
 def sample_cfg(**overrides):
@@ -195,3 +196,17 @@ def test_the_readme_sampling_examples_do_what_they_say(char_ckpt):
         assert len(samples) == cfg['num_samples'] and all(s.startswith(prompt) for s in samples), args
         if cfg['stop'] is not None:  # --stop='\n': each sample is the rest of the prompt's line
             assert all('\n' not in s[len(prompt):-1] for s in samples), args
+
+
+def test_a_muon_run_samples(char_data, monkeypatch):
+    """A Muon run saves the same GPT-2 weights as an AdamW run; sample.py loads and samples them as usual."""
+    monkeypatch.chdir(char_data)
+    train.train(dict(train.DEFAULTS, dataset='shakespeare_char', device='cpu', compile=False, n_layer=1, n_head=2,
+                     n_embd=16, block_size=16, batch_size=2, gradient_accumulation_steps=1, eval_iters=1,
+                     max_iters=2, warmup_iters=1, optimizer='muon', out_dir='out'))
+    ckpt = load_checkpoint(os.path.join('out', 'ckpt.pt'))
+    assert set(ckpt['optimizer']) == {'muon', 'adamw'}
+    assert ckpt['model'].keys() == GPT(GPTConfig(**ckpt['model_args'])).state_dict().keys()
+    cfg = sample_cfg()
+    texts = sample.sample(cfg)
+    assert texts == reference_texts(cfg) and all(t.startswith('ROMEO:') for t in texts)

@@ -12,7 +12,8 @@ from common import Runtime, load_checkpoint
 from data import load_meta
 from data import TRAIN_BATCH, get_batch
 from helpers import REPO, TINY, read_log, run_script, tiny_config, tiny_model, tiny_run
-from model import GPT
+from configurator import ConfigError
+from model import GPT, GPTConfig, has_fused_adamw
 
 
 def lr_cfg(**kw):
@@ -163,7 +164,7 @@ def test_bench_times_the_training_step_of_train_py(monkeypatch):
 # the CUDA paths, checked on a CPU (the real thing: tests/test_cuda.py)
 
 def optimizer_cfg():
-    return SimpleNamespace(weight_decay=0.1, learning_rate=1e-3, beta1=0.9, beta2=0.95)
+    return SimpleNamespace(optimizer='adamw', weight_decay=0.1, learning_rate=1e-3, beta1=0.9, beta2=0.95)
 
 
 def test_resuming_on_a_gpu_puts_the_step_counts_where_the_fused_kernel_wants_them(monkeypatch):
@@ -325,3 +326,39 @@ def test_the_vocabulary_is_read_once_so_a_data_folder_gone_mid_run_does_not_fail
     monkeypatch.setattr(train, 'train_step', step_then_delete)
     train.train(tiny_run(char_data / 'out', max_iters=4, eval_interval=2, eval_iters=1))
     assert load_checkpoint(str(char_data / 'out' / 'ckpt.pt'))['tokenizer'] == {'kind': 'char', 'chars': chars}
+
+
+# -----------------------------------------------------------------------------
+# Muon
+
+def muon_cfg(**overrides):
+    return SimpleNamespace(**{**train.DEFAULTS, 'optimizer': 'muon', 'learning_rate': 1e-3, 'muon_lr': 0.02,
+                              **overrides})
+
+
+def test_muon_takes_exactly_the_matrices_inside_the_blocks():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32, bias=True))
+    optimizer = train.configure_optimizer(model, muon_cfg(), 'cpu')
+    muon, adamw = optimizer.optimizers['muon'], optimizer.optimizers['adamw']
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    names = {id(p): name for name, p in model.named_parameters()}  # the tied lm_head is listed as wte
+    muon_names = sorted(names[id(p)] for g in muon.param_groups for p in g['params'])
+    assert muon_names == sorted(f'transformer.h.{i}.{m}.weight' for i in range(2)
+                                for m in ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'))
+    adamw_names = sorted(names[id(p)] for g in adamw.param_groups for p in g['params'])
+    assert adamw_names == sorted(set(names.values()) - set(muon_names))
+    assert {'transformer.wte.weight', 'transformer.wpe.weight', 'transformer.ln_f.weight',
+            'transformer.h.0.attn.c_attn.bias', 'transformer.h.1.ln_2.weight'} <= set(adamw_names)
+    assert adamw.defaults['fused'] == has_fused_adamw('cpu')  # the fused kernel for every AdamW group
+    # one schedule: Muon's groups at muon_lr / learning_rate times the scheduled lr
+    train.set_lr(optimizer, 5e-4)
+    assert [g['lr'] for g in adamw.param_groups] == [5e-4, 5e-4]
+    assert muon.param_groups[0]['lr'] == pytest.approx(5e-4 * 0.02 / 1e-3)
+
+
+def test_optimizer_setting_is_checked():
+    with pytest.raises(ConfigError, match="optimizer='sgd' is not one of 'adamw', 'muon'"):
+        train.check_settings(muon_cfg(optimizer='sgd'))
+    with pytest.raises(ConfigError, match="learning_rate=0.0 must be above 0 with optimizer='muon'"):
+        train.check_settings(muon_cfg(learning_rate=0.0))
