@@ -1,4 +1,5 @@
-# the baby Shakespeare model sized for a laptop CPU: a few minutes to a val loss near 1.88
+# the baby Shakespeare model sized for a laptop CPU, trained with Muon: a val loss near 1.85 in 600 iterations,
+# where nanoGPT's AdamW recipe (config/train_shakespeare_char_cpu_adamw.py) needs 2000 for 1.88
 # $ python train.py config/train_shakespeare_char_cpu.py
 
 out_dir = 'out-shakespeare-char'
@@ -17,9 +18,13 @@ n_head = 4
 n_embd = 128
 dropout = 0.0
 
+# Muon for the matrices inside the blocks at muon_lr, AdamW for the rest at learning_rate, one schedule;
+# muon_lr 0.03 and 600 iterations are the best of the sweep in README ("the Muon optimizer")
+optimizer = 'muon'
+muon_lr = 0.03
 learning_rate = 1e-3
-max_iters = 2000
-lr_decay_iters = 2000
+max_iters = 600
+lr_decay_iters = 600
 min_lr = 1e-4
 beta2 = 0.99
 warmup_iters = 100
