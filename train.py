@@ -323,7 +323,8 @@ def configure_optimizer(model, cfg, device_type):
         raise UserError(f"optimizer='muon' needs torch.optim.Muon (PyTorch 2.9 or later; this is {torch.__version__})"
                         f": pip install -U torch")
     matrices = muon_params(model)
-    others = [p for p in model.parameters() if id(p) not in {id(m) for m in matrices}]
+    muon_ids = {id(p) for p in matrices}
+    others = [p for p in model.parameters() if id(p) not in muon_ids]
     # adjust_lr_fn='original' scales each update by sqrt(max(1, rows / cols)), as the modded-nanogpt speedrun does
     muon = torch.optim.Muon(matrices, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
                             weight_decay=cfg.muon_weight_decay, adjust_lr_fn='original')
