@@ -116,8 +116,8 @@ def check_settings(cfg):
     require(cfg, ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
                   'log_interval', 'n_layer', 'n_head', 'n_embd', 'hellaswag_examples'), lambda v: v >= 1, 'at least 1')
     require(cfg, ('max_iters', 'warmup_iters', 'lr_decay_iters', 'learning_rate', 'min_lr', 'weight_decay',
-                  'grad_clip', 'lora_rank'), lambda v: v >= 0, '0 or more')
-    require(cfg, ('dropout', 'beta1', 'beta2', 'lora_dropout'), lambda v: 0 <= v < 1, 'in [0, 1)')
+                  'grad_clip', 'lora_rank', 'muon_lr', 'muon_weight_decay'), lambda v: v >= 0, '0 or more')
+    require(cfg, ('dropout', 'beta1', 'beta2', 'lora_dropout', 'muon_momentum'), lambda v: 0 <= v < 1, 'in [0, 1)')
     require(cfg, 'seed', *SEED_RANGE)
     require(cfg, ('dataset', 'out_dir'), lambda v: v.strip() != '', 'a folder name, not empty')
     if cfg.n_embd % cfg.n_head:

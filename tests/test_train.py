@@ -361,4 +361,6 @@ def test_optimizer_setting_is_checked():
     with pytest.raises(ConfigError, match="optimizer='sgd' is not one of 'adamw', 'muon'"):
         train.check_settings(muon_cfg(optimizer='sgd'))
     with pytest.raises(ConfigError, match="learning_rate=0.0 must be above 0 with optimizer='muon'"):
-        train.check_settings(muon_cfg(learning_rate=0.0))
+        train.check_settings(muon_cfg(learning_rate=0.0, min_lr=0.0))
+    with pytest.raises(ConfigError, match=r"muon_momentum=1.0 must be in \[0, 1\)"):
+        train.check_settings(muon_cfg(muon_momentum=1.0))
