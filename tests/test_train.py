@@ -364,3 +364,7 @@ def test_optimizer_setting_is_checked():
         train.check_settings(muon_cfg(learning_rate=0.0, min_lr=0.0))
     with pytest.raises(ConfigError, match=r"muon_momentum=1.0 must be in \[0, 1\)"):
         train.check_settings(muon_cfg(muon_momentum=1.0))
+    with pytest.raises(ConfigError, match="optimizer='muon' does not work with fsdp=True; use optimizer='adamw'"):
+        train.check_settings(muon_cfg(fsdp=True))
+    with pytest.raises(ConfigError, match="optimizer='muon' does not work with lora_rank > 0"):
+        train.check_settings(muon_cfg(lora_rank=4))
