@@ -34,28 +34,26 @@ class LayerNorm(nn.Module):
 
 class KVCache:
     """
-    One layer's keys and values for the tokens seen so far, used by GPT.generate for one call only: it is
-    not a module buffer, so it costs no memory outside generation and the state dict does not change.
-    The buffer is allocated once at its full length (block_size) and written in place, instead of growing
-    by torch.cat at every step, which would copy the whole cache each time.
+    One layer's keys and values at fixed positions, used by GPT.generate for one call only: it is not a module
+    buffer, so it costs no memory outside generation and the state dict does not change. The buffers have one
+    shape from start to end (B, nh, max_len, hs) and are written in place at the positions given, never
+    grown or sliced, so a compiled decode step is one graph for every position (gpt-fast's static cache).
     """
 
     def __init__(self, max_len):
         self.max_len = max_len
-        self.len = 0  # the number of tokens cached
-        self.k = self.v = None  # (B, nh, max_len, hs), allocated at the first append with k's dtype and device
+        self.k = self.v = None  # (B, nh, max_len, hs), allocated at the first update with k's dtype and device
 
-    def append(self, k, v):
-        """Store k and v (B, nh, T, hs) after the cached tokens; return the keys and values of all of them."""
+    def update(self, input_pos, k, v):
+        """Store k and v (B, nh, T, hs) at positions input_pos (T); return all max_len keys and values."""
         if self.k is None:
             B, nh, _, hs = k.shape
-            self.k = k.new_empty(B, nh, self.max_len, hs)
-            self.v = v.new_empty(B, nh, self.max_len, hs)
-        end = self.len + k.size(2)
-        self.k[:, :, self.len:end] = k
-        self.v[:, :, self.len:end] = v
-        self.len = end
-        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, end, hs)
+            # zeros, not empty: unwritten positions are masked out, but 0 * a NaN left in memory is still NaN
+            self.k = k.new_zeros(B, nh, self.max_len, hs)
+            self.v = v.new_zeros(B, nh, self.max_len, hs)
+        self.k[:, :, input_pos] = k
+        self.v[:, :, input_pos] = v
+        return self.k, self.v  # (B, nh, max_len, hs)
 
 
 class CausalSelfAttention(nn.Module):
@@ -78,27 +76,27 @@ class CausalSelfAttention(nn.Module):
         self.keep_att = False
         self.att = None
 
-    def forward(self, x, kv_cache=None):
+    def forward(self, x, kv_cache=None, input_pos=None):
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        mask = None  # without a cache, T queries and T keys: the causal mask
         if kv_cache is not None:
-            # a cache takes a whole prompt while empty (prefill), then one token at a time
-            assert kv_cache.len == 0 or T == 1, "feed a cache one token at a time after the prompt"
-            k, v = kv_cache.append(k, v)  # (B, nh, L, hs): the cached tokens' keys and values, then these
+            k, v = kv_cache.update(input_pos, k, v)  # (B, nh, L, hs): the whole cache, L = its max_len
+            # each query sees the positions up to its own; the later ones are unwritten (or left from before)
+            mask = input_pos[:, None] >= torch.arange(k.size(2), device=x.device)  # (T, L)
         L = k.size(2)
         if self.flash and not self.keep_att:
-            # is_causal masks a square (T == L); a single new token (T == 1) may see every cached one
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0.0, is_causal=T > 1)
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=mask is None)
         else:
             # the explicit path: (B, nh, T, hs) x (B, nh, hs, L) -> (B, nh, T, L)
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-            if T > 1:
-                causal = torch.ones(T, L, dtype=torch.bool, device=x.device).tril()
-                att = att.masked_fill(~causal, float('-inf'))
+            if mask is None:
+                mask = torch.ones(T, L, dtype=torch.bool, device=x.device).tril()
+            att = att.masked_fill(~mask, float('-inf'))
             att = F.softmax(att, dim=-1)
             if self.keep_att:
                 self.att = att.detach()
@@ -131,8 +129,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), kv_cache)
+    def forward(self, x, kv_cache=None, input_pos=None):
+        x = x + self.attn(self.ln_1(x), kv_cache, input_pos)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -351,27 +349,26 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, kv_caches=None):
+    def forward(self, idx, targets=None, kv_caches=None, input_pos=None):
         """
-        idx (b, t) -> logits, loss. With kv_caches (one KVCache per layer, from generate), idx continues
-        the tokens already cached: its positions start after them, and its keys and values are added.
+        idx (b, t) -> logits, loss. With kv_caches (one KVCache per layer, from generate), input_pos (t) gives
+        idx's positions: its keys and values are stored there, and it attends to the cached positions before.
         """
         b, t = idx.size()
-        start = 0 if kv_caches is None else kv_caches[0].len
-        if start + t > self.config.block_size:
-            raise ValueError(f"cannot forward a sequence of length {start + t}: "
-                             f"block_size is {self.config.block_size}")
-        pos = torch.arange(start, start + t, dtype=torch.long, device=idx.device)  # (t)
+        if input_pos is None:
+            if t > self.config.block_size:
+                raise ValueError(f"cannot forward a sequence of length {t}: block_size is {self.config.block_size}")
+            input_pos = torch.arange(0, t, dtype=torch.long, device=idx.device)  # (t)
 
         tok_emb = self.transformer.wte(idx)  # (b, t, n_embd)
-        pos_emb = self.transformer.wpe(pos)  # (t, n_embd)
+        pos_emb = self.transformer.wpe(input_pos)  # (t, n_embd)
         x = self.transformer.drop(tok_emb + pos_emb)
         for i, block in enumerate(self.transformer.h):
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 # non-reentrant: works when the input needs no gradient (frozen embeddings under LoRA)
                 x = checkpoint(block, x, use_reentrant=False)
             else:
-                x = block(x, None if kv_caches is None else kv_caches[i])
+                x = block(x, None if kv_caches is None else kv_caches[i], input_pos)
         x = self.transformer.ln_f(x)
 
         if targets is not None:
@@ -460,6 +457,27 @@ class GPT(nn.Module):
         peak = peak_flops(device.type, name, dtype)
         return None if peak is None else flops_per_iter / dt / peak
 
+    # -------------------------------------------------------------------------
+    # generation, in gpt-fast's named steps: prefill the cache with the prompt, then decode one token at a time
+
+    @torch.no_grad()
+    def prefill(self, idx, kv_caches):
+        """Run the prompt idx (b, t) through the model into kv_caches from position 0; the last logits (b, vocab)."""
+        t = idx.size(1)
+        if t > kv_caches[0].max_len:
+            raise ValueError(f"cannot prefill {t} tokens: the cache holds {kv_caches[0].max_len}")
+        logits, _ = self(idx, kv_caches=kv_caches, input_pos=torch.arange(t, device=idx.device))
+        return logits[:, -1]
+
+    @torch.no_grad()
+    def decode_one_token(self, idx, input_pos, kv_caches):
+        """
+        Feed the newest token idx (b, 1) at position input_pos (a LongTensor of shape (1): a tensor, so that a
+        compiled step is one graph for every position), against the cached ones; the logits (b, vocab).
+        """
+        logits, _ = self(idx, kv_caches=kv_caches, input_pos=input_pos)
+        return logits[:, -1]
+
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
                  use_kv_cache=True, generator=None):
@@ -481,28 +499,33 @@ class GPT(nn.Module):
         likely tokens whose probabilities add up to top_p (nucleus sampling); generator is a torch.Generator
         for the sampling, the global one if None.
 
-        With use_kv_cache, the prompt goes through the model once (prefill) and then only the newest token,
-        against the cached keys and values of the earlier ones. Without, every step runs the whole context
-        (nanoGPT's way): the reference the cache is tested against. Both give the same tokens.
+        With use_kv_cache, the prompt goes through the model once (prefill) and then only the newest token
+        (decode_one_token), against the cached keys and values of the earlier ones. Without, every step runs
+        the whole context (nanoGPT's way): the reference the cache is tested against. Both give the same tokens.
         """
         block_size = self.config.block_size
-        caches = [KVCache(block_size) for _ in self.transformer.h] if use_kv_cache else None
+        # the cache is as long as this call can use (gpt-fast's choice): attention then reads no empty positions
+        max_len = min(idx.size(1) + max_new_tokens, block_size)
+        caches = [KVCache(max_len) for _ in self.transformer.h] if use_kv_cache else None
+        n_cached = 0  # positions written in the caches
+        input_pos = torch.zeros(1, dtype=torch.long, device=idx.device)  # the next position, as a tensor
         stopped = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
             if caches is None:
-                logits, _ = self(idx[:, -block_size:])
-            elif caches[0].len in (0, block_size):
+                logits = self(idx[:, -block_size:])[0][:, -1]
+            elif n_cached in (0, max_len):
                 # prefill, at the start and whenever the cache is full. Past block_size the model sees the last
                 # block_size tokens from position 0, so a shift moves every token to a new position embedding
                 # and every cached key and value changes: each further token costs a full forward of
                 # block_size tokens, as without the cache.
-                for cache in caches:
-                    cache.len = 0
-                logits, _ = self(idx[:, -block_size:], kv_caches=caches)
+                logits = self.prefill(idx[:, -block_size:], caches)
+                n_cached = min(idx.size(1), block_size)
+                input_pos.fill_(n_cached)
             else:
-                logits, _ = self(idx[:, -1:], kv_caches=caches)
-            # in float32: bfloat16 logits under autocast would round near-ties together
-            idx_next = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
+                logits = self.decode_one_token(idx_next, input_pos, caches)  # not a view of idx, whose strides grow
+                n_cached += 1
+                input_pos += 1
+            idx_next = sample_next(logits, temperature, top_k, top_p, generator)
             if stop_token is not None:
                 idx_next = idx_next.masked_fill(stopped[:, None], stop_token)
                 stopped |= idx_next[:, 0] == stop_token

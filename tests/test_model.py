@@ -150,9 +150,9 @@ def spy_on_forward(model):
     seen = []
     original_forward = model.forward
 
-    def spy(idx, targets=None, kv_caches=None):
+    def spy(idx, targets=None, **kwargs):
         seen.append(idx.size(1))
-        return original_forward(idx, targets, kv_caches)
+        return original_forward(idx, targets, **kwargs)
     model.forward = spy
     return seen
 
@@ -182,14 +182,12 @@ def test_cached_forward_matches_full_forward(flash):
     idx = torch.randint(0, 50, (3, 16))
     full, _ = model(idx, idx)
     caches = [KVCache(16) for _ in model.transformer.h]
-    logits, _ = model(idx[:, :5], kv_caches=caches)
-    steps = [logits[:, -1]]
+    steps = [model.prefill(idx[:, :5], caches)]
     for t in range(5, 16):
-        logits, _ = model(idx[:, t:t + 1], kv_caches=caches)
-        steps.append(logits[:, -1])
+        steps.append(model.decode_one_token(idx[:, t:t + 1], torch.tensor([t]), caches))
     torch.testing.assert_close(torch.stack(steps, dim=1), full[:, 4:], atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match='block_size is 16'):
-        model(idx[:, :1], kv_caches=caches)
+    with pytest.raises(ValueError, match='the cache holds 16'):
+        model.prefill(idx.repeat(1, 2)[:, :17], caches)
 
 
 @pytest.mark.parametrize('flash', [True, False])
@@ -295,6 +293,58 @@ def test_generation_leaves_the_model_as_it_was(monkeypatch):
     assert all(torch.equal(after[k], v) for k, v in before.items())
     assert not list(model.buffers())
     assert len(caches) == 2 and all(ref() is None for ref in caches)
+
+
+def test_cache_is_as_long_as_the_call_needs(monkeypatch):
+    """gpt-fast's choice: the static cache holds the prompt and the new tokens, at most block_size."""
+    lengths = []
+    original_init = KVCache.__init__
+
+    def recording_init(self, max_len):
+        original_init(self, max_len)
+        lengths.append(max_len)
+    monkeypatch.setattr(KVCache, '__init__', recording_init)
+    model = tiny_model()
+    model.generate(torch.zeros(1, 3, dtype=torch.long), 5)
+    model.generate(torch.zeros(1, 3, dtype=torch.long), 40)
+    assert lengths == [8, 8, 16, 16]  # one cache per layer, two layers
+
+
+def compile_counting(model):
+    """Compile model's decode step with a backend that counts the graphs dynamo builds (no code generation)."""
+    import torch._dynamo.testing
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounter()
+    model.decode_one_token = torch.compile(model.decode_one_token, backend=counter, fullgraph=True)
+    return counter
+
+
+def test_compiled_decode_step_is_one_graph_for_every_position():
+    model = varied_model()
+    idx = torch.randint(0, 50, (2, 5))
+    greedy = model.generate(idx, 30, temperature=0)  # 11 decode steps, then past block_size (prefills only)
+    sampled = model.generate(idx, 11, top_k=10, generator=torch.Generator().manual_seed(0))
+    counter = compile_counting(model)
+    assert torch.equal(model.generate(idx, 30, temperature=0), greedy)
+    assert counter.frame_count == 1
+    assert torch.equal(model.generate(idx, 11, top_k=10, generator=torch.Generator().manual_seed(0)), sampled)
+    assert counter.frame_count == 1  # a new call with caches of the same shape reuses the graph
+
+
+@pytest.mark.slow
+def test_inductor_compiled_decode_step_gives_the_eager_tokens():
+    """The real compiler on CPU (about 20 s): the same tokens, greedy and sampled, from one graph."""
+    from torch._dynamo.utils import counters
+    model = varied_model()
+    idx = torch.randint(0, 50, (2, 5))
+    expected = [model.generate(idx, 11, temperature=0),
+                model.generate(idx, 11, top_k=10, generator=torch.Generator().manual_seed(0))]
+    torch._dynamo.reset()
+    counters.clear()
+    model.decode_one_token = torch.compile(model.decode_one_token, fullgraph=True)
+    assert torch.equal(model.generate(idx, 11, temperature=0), expected[0])
+    assert torch.equal(model.generate(idx, 11, top_k=10, generator=torch.Generator().manual_seed(0)), expected[1])
+    assert counters['stats']['unique_graphs'] == 1
 
 
 def test_crop_block_size():
