@@ -19,6 +19,7 @@ from common import UserError, gpt2_encoding, read_text, run_main, setup
 from configurator import SEED_RANGE, as_namespace, config_from_globals, load_config, require
 from data import PROJECT_DIR, dataset_tokenizer, import_tokenizers
 from model import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, load_model
+from quantize import check_quantize, quantize_model
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), 'gpt2'..'gpt2-xl', or a Hugging Face GPT-2 folder
@@ -33,10 +34,11 @@ stop = None  # end each sample at this token: its text, e.g. '<|endoftext|>' or 
 seed = 1337
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where supported, else float16 on CUDA; float32 elsewhere), 'float32', ...
-compile = False  # accepted for nanoGPT's command lines; generation runs eagerly (its shapes change every step)
+compile = False  # torch.compile the decode step: one graph for every position (it did not pay on CPU, see README)
+quantize = None  # 'int8': int8 weights for every Linear, made at load time (see quantize.py)
 # -----------------------------------------------------------------------------
 DEFAULTS = config_from_globals(globals())
-TYPES = {'top_k': int, 'top_p': float, 'stop': (str, int)}
+TYPES = {'top_k': int, 'top_p': float, 'stop': (str, int), 'quantize': str}
 
 
 def check_settings(cfg):
@@ -82,6 +84,18 @@ def find_tokenizer(init_from, checkpoint, vocab_size):
     raise UserError(f"no vocabulary found for this model of {vocab_size} tokens (not GPT-2's): its checkpoint "
                     f"predates stored vocabularies and its dataset's meta.pkl is not in {PROJECT_DIR}/data; "
                     f"put the meta.pkl there")
+
+
+def prepare_model(model, rt, quantize_mode=None, compile=False):
+    """model, ready to sample from on rt's device: in eval mode, quantized and its decode step compiled if asked."""
+    model.eval()
+    model.to(rt.device)
+    if quantize_mode is not None:
+        quantize_model(model, quantize_mode, rt.device_type)
+    if compile:
+        # the static KV cache gives the step the same shapes at every position: one graph (prefill stays eager)
+        model.decode_one_token = torch.compile(model.decode_one_token)
+    return model
 
 
 class UnknownCharacters(UserError):
@@ -172,12 +186,10 @@ def sample(cfg):
     cfg = as_namespace(cfg)
     check_settings(cfg)
     rt = setup(cfg.device, cfg.dtype)
+    check_quantize(cfg.quantize, rt.device_type, rt.dtype, cfg.compile)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_sampled_model(cfg)
-    model.eval()
-    model.to(rt.device)
-    if cfg.compile:
-        print("compile=True has no effect here: generation's shapes change at every step")
+    prepare_model(model, rt, cfg.quantize, cfg.compile)
 
     encode, decode = get_codec(tokenizer)
     start_ids = encode(read_prompt(cfg.start))

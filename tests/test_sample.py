@@ -14,6 +14,7 @@ from data import dataset_tokenizer, load_meta
 from configurator import ConfigError, parse_config
 from helpers import REPO, needs_tiktoken_cache, run_in_process
 from model import GPT, GPTConfig
+from quantize import quantize_model
 
 
 def sample_cfg(**overrides):
@@ -210,3 +211,26 @@ def test_a_muon_run_samples(char_data, monkeypatch):
     cfg = sample_cfg()
     texts = sample.sample(cfg)
     assert texts == reference_texts(cfg) and all(t.startswith('ROMEO:') for t in texts)
+
+
+def test_int8_samples_come_from_the_quantized_model(char_ckpt, capsys):
+    cfg = sample_cfg(quantize='int8')
+    texts = sample.sample(cfg)
+    torch.manual_seed(cfg['seed'])
+    model, tokenizer = sample.load_sampled_model(SimpleNamespace(**cfg))
+    quantize_model(model.eval(), 'int8', 'cpu')
+    encode, decode = sample.get_codec(tokenizer)
+    y = model.generate(torch.tensor([encode('ROMEO:')] * 3), 40, temperature=cfg['temperature'], top_k=cfg['top_k'])
+    assert texts == [decode(row.tolist()) for row in y]
+
+
+def test_compile_compiles_the_decode_step_once(char_ckpt, monkeypatch, capsys):
+    """compile=True gives the same text from one graph (counted by dynamo, no code generated: fast)."""
+    import torch._dynamo.testing
+    expected = sample.sample(sample_cfg())
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounter()
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, 'compile', lambda fn: real_compile(fn, backend=counter, fullgraph=True))
+    assert sample.sample(sample_cfg(compile=True)) == expected
+    assert counter.frame_count == 1
