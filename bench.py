@@ -9,12 +9,17 @@ $ python bench.py --batch_size=8 --compile=False --profile=True  (a torch.profil
 $ python bench.py --dataset=openwebtext  (real batches, as train.py draws them)
 $ python bench.py --lora_rank=8 --gradient_checkpointing=True  (LoRA finetuning's step, with recomputation)
 
-mode='generate': tokens/s of GPT.generate with and without the KV cache, greedy.
-$ python bench.py --mode=generate  (16-token prompt, 128 new tokens)
-$ python bench.py --mode=generate --n_layer=6 --n_head=6 --n_embd=384 --block_size=256 --vocab_size=65 \
-      --prompt_len=1 --max_new_tokens=300  (shakespeare-char's shape)
+mode='generate': tokens/s of greedy generation along several paths, timed in turn (float32 with the KV cache,
+int8, a compiled decode step, transformers' generate on the same weights, ...), and how far each path's tokens
+(and, with a dataset, its val loss) are from the first path's.
+$ python bench.py --mode=generate  (16-token prompt, 128 new tokens: float32, int8 and transformers)
+$ python bench.py --mode=generate --paths=cache,nocache --n_layer=6 --n_head=6 --n_embd=384 --block_size=256 \
+      --vocab_size=65 --prompt_len=1 --max_new_tokens=300  (shakespeare-char's shape, with and without the cache)
+$ python bench.py --mode=generate --init_from=resume --out_dir=out-shakespeare-char --dataset=shakespeare_char \
+      --paths=cache,int8 --prompt_len=1 --max_new_tokens=500  (a trained model: int8's cost in val loss)
 """
 
+import copy
 import os
 import statistics
 import time
@@ -24,12 +29,14 @@ import torch
 from common import UserError, run_main, setup
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
 from data import TRAIN_BATCH, data_files, get_batch
-from model import GPT, PADDED_VOCAB_SIZE, GPTConfig, add_lora
-from train import train_step, wrap_model
+from model import GPT, PADDED_VOCAB_SIZE, GPTConfig, add_lora, load_model
+from quantize import check_quantize
+from sample import prepare_model
+from train import estimate_loss, train_step, wrap_model
 
 # -----------------------------------------------------------------------------
-mode = 'train'  # 'train': the training step; 'generate': generation with and without the KV cache
-# the model's shape; the defaults are GPT-2 (124M)
+mode = 'train'  # 'train': the training step; 'generate': generation along several paths
+# the model's shape, with random weights; the defaults are GPT-2 (124M)
 n_layer = 12
 n_head = 12
 n_embd = 768
@@ -50,10 +57,16 @@ gradient_checkpointing = False  # as train.py: recompute each block's activation
 profile = False  # also record a few steps with torch.profiler
 profile_dir = 'bench_profile'  # where the profiler's trace goes
 # generation
+init_from = 'scratch'  # 'scratch': random weights of the shape above; or as in sample.py: 'resume', 'gpt2', a folder
+out_dir = 'out'  # with init_from='resume'
 num_samples = 1  # sequences generated together
 prompt_len = 16  # tokens in each (random) prompt
 max_new_tokens = 128
-repeats = 3  # timed runs of each path, interleaved so that both see the same machine load; medians are reported
+# the paths to time, first the reference: cache (GPT.generate), nocache (nanoGPT's loop), int8 (quantize='int8'),
+# compile (a compiled decode step), int8+compile, transformers (GPT2LMHeadModel.generate, when it is installed)
+paths = 'cache,int8,transformers'
+repeats = 3  # timed runs of each path, in turn, so that all see the same machine load; medians are reported
+eval_iters = 20  # with a dataset: val batches (of batch_size) for each path's val loss, drawn as train.py does
 # system
 seed = 1337
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
@@ -157,40 +170,106 @@ def same_tokens_in_float32(model, prompt, max_new_tokens):
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def bench_generate(cfg):
-    """Time greedy generation with and without the KV cache; returns the medians and whether the tokens agree."""
-    rt = setup(cfg.device, cfg.dtype)
-    model = bench_model(cfg, rt).eval()
-    prompt = torch.randint(0, cfg.vocab_size, (cfg.num_samples, cfg.prompt_len), device=rt.device)
-    print(f"generate: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {cfg.block_size}, "
-          f"vocab {cfg.vocab_size}; batch {cfg.num_samples}, prompt {cfg.prompt_len}, {cfg.max_new_tokens} new "
-          f"tokens, greedy, {rt.dtype} on {rt.device} ({torch.get_num_threads()} threads)")
+def transformers_model(model):
+    """transformers' GPT2LMHeadModel with model's weights, or None when transformers is not installed."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    import hf
+    theirs = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf.hf_config(model.config)))
+    missing, unexpected = theirs.load_state_dict(hf.to_hf(model.state_dict()), strict=False)
+    assert set(missing) <= {'lm_head.weight'} and not unexpected, (missing, unexpected)  # lm_head is tied to wte
+    return theirs.eval().to(model.lm_head.weight.device)
 
-    def run(use_kv_cache, max_new_tokens):
+
+def generation_paths(cfg, rt, model):
+    """For each name in cfg.paths, (a function (prompt, max_new_tokens) -> greedy tokens, the model it uses)."""
+    fns = {}
+    for name in cfg.paths.split(','):
+        flags = set(name.split('+'))
+        if name == 'transformers':
+            theirs = transformers_model(model)
+            if theirs is None or cfg.prompt_len + cfg.max_new_tokens > model.config.block_size:
+                print("transformers' path is left out: " + ("it is not installed (pip install transformers)"
+                      if theirs is None else "its position embeddings end at block_size, and this run goes past"))
+                continue
+            fns[name] = (lambda p, n, m=theirs: m.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=n,
+                                                           min_new_tokens=n, do_sample=False, pad_token_id=0), None)
+        elif name in ('cache', 'nocache') or flags <= {'int8', 'compile'}:
+            quantize, compile = 'int8' if 'int8' in flags else None, 'compile' in flags
+            check_quantize(quantize, rt.device_type, rt.dtype, compile)
+            m = prepare_model(copy.deepcopy(model), rt, quantize, compile) if quantize or compile else model
+            fns[name] = (lambda p, n, m=m, c=name != 'nocache': m.generate(p, n, temperature=0, use_kv_cache=c), m)
+        else:
+            raise ConfigError(f"unknown path '{name}' in paths={cfg.paths!r}; use cache, nocache, int8, compile, "
+                              f"int8+compile or transformers, separated by commas")
+    return fns
+
+
+def agreement(tokens, reference):
+    """The share of new tokens equal to the reference's, position by position, and the first that differs."""
+    same = (tokens == reference).all(dim=0)
+    first = int(same.logical_not().nonzero()[0]) if not same.all() else None
+    return same.float().mean().item(), first
+
+
+def bench_generate(cfg):
+    """
+    Time greedy generation along each of cfg.paths in turn, cfg.repeats times; returns, for each path, the
+    median tokens/s, the median of its per-run ratios to the reference (transformers if timed, else the
+    first path), how its tokens agree with the first path's, and its val loss when cfg.dataset is given.
+    """
+    rt = setup(cfg.device, cfg.dtype)
+    model = bench_model(cfg, rt) if cfg.init_from == 'scratch' else load_model(cfg.init_from, cfg.out_dir)[0]
+    model = prepare_model(model, rt)
+    c = model.config
+    prompt = torch.randint(0, c.vocab_size, (cfg.num_samples, cfg.prompt_len), device=rt.device)
+    print(f"generate: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, block {c.block_size}, vocab "
+          f"{c.vocab_size} ({'random weights' if cfg.init_from == 'scratch' else cfg.init_from}); batch "
+          f"{cfg.num_samples}, prompt {cfg.prompt_len}, {cfg.max_new_tokens} new tokens, greedy, {rt.dtype} on "
+          f"{rt.device} ({torch.get_num_threads()} threads)")
+    fns = generation_paths(cfg, rt, model)
+
+    def run(name):
         synchronize(rt.device_type)
         t0 = time.perf_counter()
         with rt.autocast:
-            model.generate(prompt, max_new_tokens, temperature=0, use_kv_cache=use_kv_cache)
+            out = fns[name][0](prompt, cfg.max_new_tokens)
         synchronize(rt.device_type)
-        return time.perf_counter() - t0
+        return out[:, cfg.prompt_len:], time.perf_counter() - t0
 
-    run(True, 2)  # warm up: first calls allocate and pick kernels
-    run(False, 2)
-    tokens = cfg.num_samples * cfg.max_new_tokens
-    cached, uncached, ratios = [], [], []
+    # a first untimed run of each path: compilation, allocation and kernel choice happen here
+    tokens = {name: run(name)[0] for name in fns}
+    reference = 'transformers' if 'transformers' in fns else next(iter(fns))
+    tok_s = {name: [] for name in fns}
+    ratios = {name: [] for name in fns}
     for r in range(cfg.repeats):
-        dt_cached = run(True, cfg.max_new_tokens)
-        dt_uncached = run(False, cfg.max_new_tokens)
-        cached.append(tokens / dt_cached)
-        uncached.append(tokens / dt_uncached)
-        ratios.append(dt_uncached / dt_cached)
-        print(f"run {r + 1}: with cache {cached[-1]:.1f} tok/s, without {uncached[-1]:.1f} tok/s, "
-              f"{ratios[-1]:.2f}x", flush=True)
-    same = same_tokens_in_float32(model, prompt, cfg.max_new_tokens)
-    result = dict(cached=statistics.median(cached), uncached=statistics.median(uncached),
-                  speedup=statistics.median(ratios), same_tokens=same)
-    print(f"median: with cache {result['cached']:.1f} tok/s, without {result['uncached']:.1f} tok/s, "
-          f"speedup {result['speedup']:.2f}x; same tokens (float32, TF32 off): {same}")
+        for name in fns:
+            tok_s[name].append(tokens[name].numel() / run(name)[1])
+        for name in fns:
+            ratios[name].append(tok_s[name][-1] / tok_s[reference][-1])
+        print(f"run {r + 1}: " + ', '.join(f"{name} {tok_s[name][-1]:.1f} tok/s" for name in fns), flush=True)
+
+    first = next(iter(fns))
+    val_losses = {}
+    if cfg.dataset:  # the batches of train.py's eval: its estimate_loss with these eval_iters, batch_size, seed
+        val = {'val': data_files(os.path.join('data', cfg.dataset), 'val')}
+        val_losses = {name: estimate_loss(m, val, c.block_size, cfg, rt, c.vocab_size)['val']
+                      for name, (_, m) in fns.items() if m}
+    result = {}
+    for name in fns:
+        same, differs_at = agreement(tokens[name], tokens[first])
+        result[name] = dict(tokens_per_s=statistics.median(tok_s[name]), ratio=statistics.median(ratios[name]),
+                            same_tokens=same, first_difference=differs_at, val_loss=val_losses.get(name))
+        loss = f", val loss {val_losses[name]:.4f}" if name in val_losses else ''
+        differs = f"first differs at new token {differs_at + 1}" if differs_at is not None else "all the same"
+        print(f"{name}: median {result[name]['tokens_per_s']:.1f} tok/s, {result[name]['ratio']:.2f}x {reference}; "
+              f"tokens equal to {first}'s: {same:.1%} ({differs}){loss}")
+    if 'nocache' in fns:
+        # timed in bfloat16 or TF32, the two paths round differently; in float32 they give the same tokens
+        result['nocache']['same_in_float32'] = same_tokens_in_float32(model, prompt, cfg.max_new_tokens)
+        print(f"cache and nocache give the same tokens in float32 (TF32 off): {result['nocache']['same_in_float32']}")
     return result
 
 

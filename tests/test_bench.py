@@ -1,20 +1,64 @@
 import math
+import os
+import sys
 
 import pytest
+import torch
 
 import bench
-from common import UserError
+from common import UserError, setup
+from configurator import ConfigError
+from data import data_files
 from helpers import run_in_process
+from model import GPT, load_model
+from train import estimate_loss
 
 TINY_SHAPE = dict(device='cpu', n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64)
 
 
+def generate_cfg(**overrides):
+    return {**bench.DEFAULTS, **TINY_SHAPE, 'mode': 'generate', 'prompt_len': 4, 'max_new_tokens': 20, 'repeats': 1,
+            **overrides}
+
+
 def test_generate_benchmark_at_a_tiny_shape(capsys):
-    cfg = dict(bench.DEFAULTS, **TINY_SHAPE, mode='generate', prompt_len=4, max_new_tokens=40,
-               repeats=1)  # runs past block_size
+    result = bench.bench(generate_cfg(max_new_tokens=40, paths='cache,nocache,int8'))  # runs past block_size
+    assert list(result) == ['cache', 'nocache', 'int8']
+    assert result['nocache']['same_tokens'] == 1.0 and result['nocache']['first_difference'] is None
+    assert all(r['tokens_per_s'] > 0 for r in result.values()) and result['cache']['ratio'] == 1.0
+    assert 'int8: median' in capsys.readouterr().out
+
+
+def test_transformers_generates_the_same_tokens_from_the_same_weights(capsys):
+    pytest.importorskip('transformers', reason='transformers is the reference implementation')
+    result = bench.bench(generate_cfg(paths='cache,transformers'))
+    assert result['transformers']['same_tokens'] == 1.0 and result['transformers']['ratio'] == 1.0
+    assert 'x transformers' in capsys.readouterr().out
+
+
+def test_transformers_path_is_left_out_when_it_cannot_run(monkeypatch, capsys):
+    result = bench.bench(generate_cfg(max_new_tokens=40))  # past block_size, where GPT-2's positions end
+    monkeypatch.setitem(sys.modules, 'transformers', None)  # makes the import fail
+    result2 = bench.bench(generate_cfg())
+    assert list(result) == list(result2) == ['cache', 'int8']
+    out = capsys.readouterr().out
+    assert 'this run goes past' in out and 'pip install transformers' in out
+
+
+def test_generate_benchmark_val_loss_of_a_checkpoint(char_ckpt):
+    """A trained model's cost of int8 in val loss: the float32 path's loss is train.py's estimate_loss."""
+    cfg = generate_cfg(init_from='resume', dataset='shakespeare_char', eval_iters=2, batch_size=4)
     result = bench.bench(cfg)
-    assert result['same_tokens'] and result['cached'] > 0 and result['uncached'] > 0
-    assert 'with cache' in capsys.readouterr().out
+    model = load_model('resume', 'out')[0]
+    files = {'val': data_files(os.path.join('data', 'shakespeare_char'), 'val')}
+    expected = estimate_loss(model, files, 32, bench.as_namespace(cfg), setup('cpu'), model.config.vocab_size)
+    assert result['cache']['val_loss'] == pytest.approx(expected['val'], rel=1e-6)
+    assert result['int8']['val_loss'] == pytest.approx(expected['val'], rel=0.01)
+
+
+def test_unknown_generation_path_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown path 'fast'"):
+        bench.bench(generate_cfg(paths='cache,fast'))
 
 
 def test_generate_benchmark_compares_tokens_in_float32(monkeypatch):
@@ -22,8 +66,6 @@ def test_generate_benchmark_compares_tokens_in_float32(monkeypatch):
     Timed in bfloat16, the cache's 1-row matmuls and the full forward's T-row ones round differently: the tokens
     are compared from generations in float32 (no autocast, TF32 off), one with and one without the cache.
     """
-    import torch
-    from model import GPT
     real, calls = GPT.generate, []
 
     def spy(self, idx, max_new_tokens, *args, use_kv_cache=True, **kwargs):
@@ -32,11 +74,10 @@ def test_generate_benchmark_compares_tokens_in_float32(monkeypatch):
         return out
     monkeypatch.setattr(GPT, 'generate', spy)
     monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', True)
-    result = bench.bench(dict(bench.DEFAULTS, **TINY_SHAPE, mode='generate', dtype='bfloat16', prompt_len=4,
-                              max_new_tokens=8, repeats=1))
+    result = bench.bench(generate_cfg(dtype='bfloat16', max_new_tokens=8, paths='cache,nocache'))
     checks = [(cache, out) for cache, autocast, tf32, out in calls if not autocast and not tf32]
     assert sorted(cache for cache, _ in checks) == [False, True]
-    assert result['same_tokens'] == torch.equal(checks[0][1], checks[1][1])
+    assert result['nocache']['same_in_float32'] == torch.equal(checks[0][1], checks[1][1])
     assert torch.backends.cuda.matmul.allow_tf32  # restored
 
 

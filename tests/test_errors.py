@@ -52,6 +52,20 @@ def test_sample_config_mistake(tmp_path):
     assert_one_line_error(r, "unknown config key 'temprature'", "did you mean 'temperature'", status=2)
 
 
+@pytest.mark.parametrize('script, args, fragment', [
+    ('sample.py', ['--quantize=int4'], "unknown quantize 'int4'"),
+    ('sample.py', ['--quantize=int8', '--dtype=bfloat16'], 'use --dtype=float32'),
+    ('sample.py', ['--quantize=int8', '--compile=True'], 'use --compile=False'),
+    ('bench.py', ['--mode=generate', '--paths=cache,int8+compile', '--n_layer=1', '--n_embd=12', '--n_head=1',
+                  '--block_size=8', '--vocab_size=8'], 'use --compile=False'),
+    ('bench.py', ['--mode=generate', '--paths=cache,fast', '--n_layer=1', '--n_embd=12', '--n_head=1',
+                  '--block_size=8', '--vocab_size=8'], "unknown path 'fast'"),
+])
+def test_impossible_sampling_settings(tmp_path, script, args, fragment):
+    """Checked before any model is loaded (there is none in tmp_path)."""
+    assert_one_line_error(run_in_process(script, '--device=cpu', *args, cwd=tmp_path), fragment, status=2)
+
+
 def test_missing_data_names_the_prepare_script(tmp_path):
     # (shakespeare_char and shakespeare are prepared by train.py itself: tests/test_prepare.py)
     r = run_script('train.py', *TINY, '--dataset=openwebtext', cwd=tmp_path)
