@@ -214,6 +214,18 @@ def agreement(tokens, reference):
     return same.float().mean().item(), first
 
 
+@torch.no_grad()
+def next_token_agreement(model, prompt, reference):
+    """The share of steps at which model's most likely token, given reference's tokens before it, is reference's."""
+    seq = torch.cat([prompt, reference], dim=1)
+    p, block_size = prompt.size(1), model.config.block_size
+    same = 0
+    for i in range(reference.size(1)):
+        logits, _ = model(seq[:, max(0, p + i - block_size):p + i])
+        same += (logits[:, -1].argmax(dim=-1) == reference[:, i]).sum().item()
+    return same / reference.numel()
+
+
 def bench_generate(cfg):
     """
     Time greedy generation along each of cfg.paths in turn, cfg.repeats times; returns, for each path, the
@@ -230,6 +242,8 @@ def bench_generate(cfg):
           f"{cfg.num_samples}, prompt {cfg.prompt_len}, {cfg.max_new_tokens} new tokens, greedy, {rt.dtype} on "
           f"{rt.device} ({torch.get_num_threads()} threads)")
     fns = generation_paths(cfg, rt, model)
+    if not fns:
+        raise ConfigError(f"no path of paths={cfg.paths!r} can run here; add cache")
 
     def run(name):
         synchronize(rt.device_type)
@@ -240,7 +254,9 @@ def bench_generate(cfg):
         return out[:, cfg.prompt_len:], time.perf_counter() - t0
 
     # a first untimed run of each path: compilation, allocation and kernel choice happen here
-    tokens = {name: run(name)[0] for name in fns}
+    first_runs = {name: run(name) for name in fns}
+    tokens = {name: out for name, (out, _) in first_runs.items()}
+    print("first runs, with compilation: " + ', '.join(f"{name} {dt:.1f} s" for name, (_, dt) in first_runs.items()))
     reference = 'transformers' if 'transformers' in fns else next(iter(fns))
     tok_s = {name: [] for name in fns}
     ratios = {name: [] for name in fns}
@@ -258,14 +274,19 @@ def bench_generate(cfg):
         val_losses = {name: estimate_loss(m, val, c.block_size, cfg, rt, c.vocab_size)['val']
                       for name, (_, m) in fns.items() if m}
     result = {}
-    for name in fns:
+    for name, (_, m) in fns.items():
         same, differs_at = agreement(tokens[name], tokens[first])
+        # after a first difference the two continue from different texts; this compares them on first's text
+        with rt.autocast:
+            next_same = next_token_agreement(m, prompt, tokens[first]) if m and name != first else None
         result[name] = dict(tokens_per_s=statistics.median(tok_s[name]), ratio=statistics.median(ratios[name]),
-                            same_tokens=same, first_difference=differs_at, val_loss=val_losses.get(name))
-        loss = f", val loss {val_losses[name]:.4f}" if name in val_losses else ''
+                            same_tokens=same, first_difference=differs_at, next_token_agreement=next_same,
+                            val_loss=val_losses.get(name))
         differs = f"first differs at new token {differs_at + 1}" if differs_at is not None else "all the same"
+        next_same = f", same next token on {first}'s text {next_same:.1%}" if next_same is not None else ''
+        loss = f", val loss {val_losses[name]:.4f}" if name in val_losses else ''
         print(f"{name}: median {result[name]['tokens_per_s']:.1f} tok/s, {result[name]['ratio']:.2f}x {reference}; "
-              f"tokens equal to {first}'s: {same:.1%} ({differs}){loss}")
+              f"tokens equal to {first}'s: {same:.1%} ({differs}){next_same}{loss}")
     if 'nocache' in fns:
         # timed in bfloat16 or TF32, the two paths round differently; in float32 they give the same tokens
         result['nocache']['same_in_float32'] = same_tokens_in_float32(model, prompt, cfg.max_new_tokens)
