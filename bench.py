@@ -278,7 +278,7 @@ def bench_generate(cfg):
         same, differs_at = agreement(tokens[name], tokens[first])
         # after a first difference the two continue from different texts; this compares them on first's text
         with rt.autocast:
-            next_same = next_token_agreement(m, prompt, tokens[first]) if m and name != first else None
+            next_same = next_token_agreement(m, prompt, tokens[first]) if m not in (None, fns[first][1]) else None
         result[name] = dict(tokens_per_s=statistics.median(tok_s[name]), ratio=statistics.median(ratios[name]),
                             same_tokens=same, first_difference=differs_at, next_token_agreement=next_same,
                             val_loss=val_losses.get(name))
