@@ -34,7 +34,7 @@ stop = None  # end each sample at this token: its text, e.g. '<|endoftext|>' or 
 seed = 1337
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where supported, else float16 on CUDA; float32 elsewhere), 'float32', ...
-compile = False  # torch.compile the decode step: one graph for every position (it did not pay on CPU, see README)
+compile = False  # torch.compile the decode step: one graph for every position (see README "fast sampling")
 quantize = None  # 'int8': int8 weights for every Linear, made at load time (see quantize.py)
 # -----------------------------------------------------------------------------
 DEFAULTS = config_from_globals(globals())
@@ -93,6 +93,10 @@ def prepare_model(model, rt, quantize_mode=None, compile=False):
     if quantize_mode is not None:
         quantize_model(model, quantize_mode, rt.device_type)
     if compile:
+        if rt.device_type == 'cpu':
+            # inductor then takes the weights as constants and prepacks them for its CPU matmuls (a process-wide
+            # setting; it applies to inference graphs only): the step ran 1.33x faster with it, 1.08x without
+            torch._inductor.config.freezing = True
         # the static KV cache gives the step the same shapes at every position: one graph (prefill stays eager)
         model.decode_one_token = torch.compile(model.decode_one_token)
     return model

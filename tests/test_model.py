@@ -332,8 +332,8 @@ def test_compiled_decode_step_is_one_graph_for_every_position():
 
 
 @pytest.mark.slow
-def test_inductor_compiled_decode_step_gives_the_eager_tokens():
-    """The real compiler on CPU (about 20 s): the same tokens, greedy and sampled, from one graph."""
+def test_inductor_compiled_decode_step_gives_the_eager_tokens(monkeypatch):
+    """The real compiler on CPU, with freezing as sample.py asks (seconds to compile): the eager tokens, one graph."""
     from torch._dynamo.utils import counters
     model = varied_model()
     idx = torch.randint(0, 50, (2, 5))
@@ -341,6 +341,7 @@ def test_inductor_compiled_decode_step_gives_the_eager_tokens():
                 model.generate(idx, 11, top_k=10, generator=torch.Generator().manual_seed(0))]
     torch._dynamo.reset()
     counters.clear()
+    monkeypatch.setattr(torch._inductor.config, 'freezing', True)
     model.decode_one_token = torch.compile(model.decode_one_token, fullgraph=True)
     assert torch.equal(model.generate(idx, 11, temperature=0), expected[0])
     assert torch.equal(model.generate(idx, 11, top_k=10, generator=torch.Generator().manual_seed(0)), expected[1])
