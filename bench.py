@@ -236,6 +236,7 @@ def bench_generate(cfg):
     model = bench_model(cfg, rt) if cfg.init_from == 'scratch' else load_model(cfg.init_from, cfg.out_dir)[0]
     model = prepare_model(model, rt)
     c = model.config
+    torch.manual_seed(cfg.seed)
     prompt = torch.randint(0, c.vocab_size, (cfg.num_samples, cfg.prompt_len), device=rt.device)
     print(f"generate: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, block {c.block_size}, vocab "
           f"{c.vocab_size} ({'random weights' if cfg.init_from == 'scratch' else cfg.init_from}); batch "
