@@ -676,12 +676,11 @@ class StopRequest:
 # -----------------------------------------------------------------------------
 # the console: what will run, how fast it goes, and what it left
 
-def run_header(cfg, rt, raw_model, model, files, iter_num, best):
+def run_header(cfg, rt, raw_model, model, files, tokens_per_iter, iter_num, best):
     """The lines a run starts with: the model, the machine, the data, the batch, where it writes, where it starts."""
     c = raw_model.config
     compiled = hasattr(getattr(model, 'module', model), '_orig_mod')  # torch.compile's wrapper, maybe in DDP's
     tokens = {split: sum(n for _, _, n in split_files) for split, split_files in files.items()}
-    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * c.block_size
     processes = f", {rt.world_size} processes" if rt.ddp else ''
     start = (f"resuming from iteration {iter_num}, best val loss {best[0]:.4f}" if iter_num
              else "starting at iteration 0")
@@ -802,7 +801,7 @@ def train_loop(cfg, rt, stop):
     accum_steps = cfg.gradient_accumulation_steps // rt.world_size  # micro-steps on each process
     files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set = start_run(cfg, rt)
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * raw_model.config.block_size
-    for line in run_header(cfg, rt, raw_model, model, files, iter_num, best) + schedule_warnings(cfg):
+    for line in run_header(cfg, rt, raw_model, model, files, tokens_per_iter, iter_num, best) + schedule_warnings(cfg):
         print0(line)
     tokenizer = dataset_tokenizer(os.path.join('data', cfg.dataset))  # read once: the data may go during the run
     # the batch of (iteration, micro-step), a function of the seed alone: the same for 1 or N processes
