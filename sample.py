@@ -92,6 +92,8 @@ def prepare_model(model, rt, quantize_mode=None, compile=False):
     model.to(rt.device)
     if quantize_mode is not None:
         quantize_model(model, quantize_mode, rt.device_type)
+    elif rt.device_type == 'cpu':
+        store_transposed(model)
     if compile:
         if rt.device_type == 'cpu':
             # inductor then takes the weights as constants and prepacks them for its CPU matmuls (a process-wide
@@ -100,6 +102,17 @@ def prepare_model(model, rt, quantize_mode=None, compile=False):
         # the static KV cache gives the step the same shapes at every position: one graph (prefill stays eager)
         model.decode_one_token = torch.compile(model.decode_one_token)
     return model
+
+
+def store_transposed(model):
+    """
+    Store each Linear's weight transposed in memory (the same (out, in) tensor, column-major), in place: a
+    decode step multiplies one row by every weight, and on CPU MKL streams a weight laid out (in, out) faster
+    than nn.Linear's (out, in). The values, names and shapes stay the same.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.weight.data = module.weight.data.t().contiguous().t()
 
 
 class UnknownCharacters(UserError):

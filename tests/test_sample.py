@@ -12,7 +12,7 @@ import train
 from common import UserError, load_checkpoint, save_checkpoint
 from data import dataset_tokenizer, load_meta
 from configurator import ConfigError, parse_config
-from helpers import REPO, needs_tiktoken_cache, run_in_process
+from helpers import REPO, needs_tiktoken_cache, run_in_process, tiny_model
 from model import GPT, GPTConfig
 from quantize import quantize_model
 
@@ -235,3 +235,20 @@ def test_compile_compiles_the_decode_step_once(char_ckpt, monkeypatch, capsys):
     monkeypatch.setattr(torch._inductor.config, 'freezing', False)  # restored after the test
     assert sample.sample(sample_cfg(compile=True)) == expected
     assert counter.frame_count == 1
+
+
+def test_weights_stored_transposed_for_decoding_keep_their_values_names_and_tokens():
+    """store_transposed changes only the memory layout: the same state dict, tied weights, logits and tokens."""
+    model = tiny_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    prompt = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
+    logits = model(prompt)[0]
+    tokens = model.generate(prompt, 20, temperature=0)
+    sample.store_transposed(model)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.t().is_contiguous() and not m.weight.is_contiguous() for m in linears)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    torch.testing.assert_close(model(prompt)[0], logits)
+    assert torch.equal(model.generate(prompt, 20, temperature=0), tokens)
