@@ -310,6 +310,59 @@ class ChainedOptimizer:
             opt.load_state_dict(state_dict[name])
 
 
+class Muon(torch.optim.Muon):
+    """
+    torch.optim.Muon, stepping the matrices of one shape together (each block has one c_attn, c_fc and two
+    c_proj): one batched matmul per Newton-Schulz product instead of one per matrix, the same numbers. The
+    state and the state dict are torch.optim.Muon's; at the CPU recipe's shape the step takes about half the time.
+    """
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            by_shape = {}
+            for p in group['params']:
+                if p.grad is not None:
+                    by_shape.setdefault(p.shape, []).append(p)
+            for shape, params in by_shape.items():
+                grads = [p.grad for p in params]
+                for p in params:
+                    if 'momentum_buffer' not in self.state[p]:
+                        self.state[p]['momentum_buffer'] = torch.zeros_like(p.grad)
+                bufs = [self.state[p]['momentum_buffer'] for p in params]
+                torch._foreach_lerp_(bufs, grads, 1 - group['momentum'])
+                update = torch.stack(bufs)
+                if group['nesterov']:
+                    update = torch.stack(grads).lerp_(update, group['momentum'])
+                update = newton_schulz(update, group['ns_coefficients'], group['ns_steps'], group['eps'])
+                lr = group['lr']
+                adjusted_lr = muon_lr_ratio(group['adjust_lr_fn'], shape) * lr
+                for p, u in zip(params, update):
+                    p.mul_(1 - lr * group['weight_decay'])
+                    p.add_(u, alpha=-adjusted_lr)
+
+
+def newton_schulz(g, coefficients, steps, eps):
+    """torch.optim.Muon's orthogonalisation (quintic Newton-Schulz in bfloat16) of each matrix in g (n, rows, cols)."""
+    a, b, c = coefficients
+    x = g.bfloat16()
+    wide = g.size(-2) <= g.size(-1)
+    x = x if wide else x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norms at most 1
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x if wide else x.mT
+
+
+def muon_lr_ratio(adjust_lr_fn, shape):
+    """torch.optim.Muon's learning rate multiplier for a matrix of this shape."""
+    rows, cols = shape
+    if adjust_lr_fn in (None, 'original'):
+        return math.sqrt(max(1, rows / cols))
+    return 0.2 * math.sqrt(max(rows, cols)) if adjust_lr_fn == 'match_rms_adamw' else 1.0
+
+
 def muon_params(model):
     """The 2-D weights inside the transformer blocks (c_attn, c_proj, c_fc, c_proj): the matrices Muon is for."""
     return [p for p in model.transformer.h.parameters() if p.dim() == 2]
@@ -327,8 +380,8 @@ def configure_optimizer(model, cfg, device_type):
     muon_ids = {id(p) for p in matrices}
     others = [p for p in model.parameters() if id(p) not in muon_ids]
     # adjust_lr_fn='original' scales each update by sqrt(max(1, rows / cols)), as the modded-nanogpt speedrun does
-    muon = torch.optim.Muon(matrices, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
-                            weight_decay=cfg.muon_weight_decay, adjust_lr_fn='original')
+    muon = Muon(matrices, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
+                weight_decay=cfg.muon_weight_decay, adjust_lr_fn='original')
     muon.param_groups[0]['lr_scale'] = cfg.muon_lr / cfg.learning_rate  # set_lr: one schedule drives both
     adamw = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, betas, device_type, params=others)
     return ChainedOptimizer(muon=muon, adamw=adamw)
@@ -482,7 +535,9 @@ def train_step(model, optimizer, scaler, batch, next_batch, it, rt, accum_steps=
         if dropout_seed is not None:
             seed_dropout(dropout_seed, it, first + micro_step)
         with rt.autocast:
-            _, loss = model(*batch)
+            # the logits are not kept: backward needs only what autograd saved, and at GPT-2's vocabulary they
+            # are the largest activation (batch x block x vocab floats)
+            loss = model(*batch)[1]
             scaled = loss / accum_steps  # the gradients of a mean over all micro-batches
         nonfinite |= ~torch.isfinite(scaled)
         last = micro_step == accum_steps - 1

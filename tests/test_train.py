@@ -1,3 +1,4 @@
+import copy
 import importlib.util
 import math
 import os
@@ -341,7 +342,7 @@ def test_muon_takes_exactly_the_matrices_inside_the_blocks():
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32, bias=True))
     optimizer = train.configure_optimizer(model, muon_cfg(), 'cpu')
     muon, adamw = optimizer.optimizers['muon'], optimizer.optimizers['adamw']
-    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert isinstance(muon, train.Muon) and isinstance(adamw, torch.optim.AdamW)
     names = {id(p): name for name, p in model.named_parameters()}  # the tied lm_head is listed as wte
     muon_names = sorted(names[id(p)] for g in muon.param_groups for p in g['params'])
     assert muon_names == sorted(f'transformer.h.{i}.{m}.weight' for i in range(2)
@@ -355,6 +356,28 @@ def test_muon_takes_exactly_the_matrices_inside_the_blocks():
     train.set_lr(optimizer, 5e-4)
     assert [g['lr'] for g in adamw.param_groups] == [5e-4, 5e-4]
     assert muon.param_groups[0]['lr'] == pytest.approx(5e-4 * 0.02 / 1e-3)
+
+
+@pytest.mark.parametrize('adjust_lr_fn, weight_decay, nesterov', [('original', 0.0, True),
+                                                                     ('match_rms_adamw', 0.1, False)])
+def test_muon_steps_as_torchs_muon_does(adjust_lr_fn, weight_decay, nesterov):
+    """The batched Muon gives torch.optim.Muon's weights and state dict, bit for bit, and loads its state dict."""
+    models = [tiny_model(n_layer=3), tiny_model(n_layer=3)]
+    settings = dict(lr=0.02, momentum=0.9, weight_decay=weight_decay, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
+    theirs, ours = (cls(train.muon_params(m), **settings) for cls, m in zip((torch.optim.Muon, train.Muon), models))
+    x = torch.randint(0, models[0].config.vocab_size, (4, 8), generator=torch.Generator().manual_seed(0))
+    for step in range(4):
+        for model, optimizer in zip(models, (theirs, ours)):
+            model(x, x.roll(-1, dims=1))[1].backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        if step == 1:  # torch's state dict loads into ours (a copy: loading keeps the tensors it is given)
+            ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[1].parameters()))
+    mine, torchs = ours.state_dict(), theirs.state_dict()
+    assert mine['param_groups'] == torchs['param_groups']
+    assert all(torch.equal(mine['state'][i]['momentum_buffer'], s['momentum_buffer'])
+               for i, s in torchs['state'].items())
 
 
 def test_optimizer_setting_is_checked():
