@@ -1,6 +1,7 @@
 """common.py's device, dtype and process-group setup, checked on a CPU with torch.cuda's queries stood in for."""
 import datetime
 import os
+import subprocess
 import sys
 from contextlib import nullcontext
 
@@ -9,6 +10,7 @@ import torch
 
 import common
 from common import Runtime, UserError, load_checkpoint, save_checkpoint
+from helpers import REPO
 
 
 class SimpleGPUs:
@@ -151,3 +153,26 @@ def test_an_old_format_checkpoint_still_loads(tmp_path):
     weight = torch.randn(4, 4)
     torch.save({'model': {'w': weight}, 'model_args': {}}, path, _use_new_zipfile_serialization=False)
     assert torch.equal(load_checkpoint(path)['model']['w'], weight)
+
+
+FREE_AFTER_A_LARGE_FREE = """
+import sys, torch, common
+def resident():
+    return int(open('/proc/self/statm').read().split()[1]) * 4096
+if sys.argv[1] == 'setup':
+    common.setup('cpu', 'float32')
+large = torch.ones(16 << 20, dtype=torch.uint8)
+del large  # glibc's default raises its threshold to 16 MB here
+before = resident()
+block = torch.ones(8 << 20, dtype=torch.uint8)
+del block
+print(resident() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason="glibc's malloc")
+def test_setup_hands_freed_blocks_back_to_the_os():
+    """After setup, a freed 8 MB tensor leaves the process; by glibc's default it stays after a larger free."""
+    kept = {how: int(subprocess.run([sys.executable, '-c', FREE_AFTER_A_LARGE_FREE, how], cwd=REPO, check=True,
+                                    capture_output=True, text=True).stdout) for how in ('default', 'setup')}
+    assert kept['default'] >= 7 << 20 and kept['setup'] < 1 << 20, kept
