@@ -56,6 +56,23 @@ class KVCache:
         return self.k, self.v  # (B, nh, max_len, hs)
 
 
+LOGITS_PER_CHUNK = 2 ** 23  # chunked_cross_entropy's rows x vocab per chunk: 32 MB of float32 logits
+
+
+def chunked_cross_entropy(head, x, targets):
+    """F.cross_entropy(head(x), targets) (mean over the targets that are not -1), a chunk of rows at a time, each
+    chunk's logits recomputed in the backward pass instead of kept: the same loss and gradients to float rounding."""
+    x, targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)
+    rows = max(1, LOGITS_PER_CHUNK // head.out_features)
+
+    def chunk_loss(x, targets):
+        return F.cross_entropy(head(x), targets, ignore_index=-1, reduction='sum')
+
+    chunks = zip(x.split(rows), targets.split(rows))
+    total = sum(checkpoint(chunk_loss, xc, tc, use_reentrant=False) for xc, tc in chunks)
+    return total / (targets != -1).sum()
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
@@ -371,7 +388,11 @@ class GPT(nn.Module):
                 x = block(x, None if kv_caches is None else kv_caches[i], input_pos)
         x = self.transformer.ln_f(x)
 
-        if targets is not None:
+        if targets is not None and self.gradient_checkpointing and torch.is_grad_enabled():
+            # the logits are the largest activation (tokens x vocab floats, and as much again for their softmax and
+            # its gradient): computed a chunk of rows at a time and recomputed in the backward pass, like a block
+            logits, loss = None, chunked_cross_entropy(self.lm_head, x, targets)
+        elif targets is not None:
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         else:

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from helpers import tiny_config, tiny_model
+import model
 from model import GPT, GPTConfig, KVCache, has_fused_adamw, peak_flops, sample_next
 
 
@@ -451,27 +452,35 @@ def test_tiny_model_overfits_one_batch():
 
 @pytest.mark.parametrize('lora', [False, True])
 def test_gradient_checkpointing_gives_the_same_gradients(lora, monkeypatch):
-    """Recomputing each block in the backward pass, dropout masks included, changes no gradient beyond rounding."""
+    """
+    Recomputing each block in the backward pass, dropout masks included, and the loss a chunk of rows at a
+    time, changes neither the loss nor any gradient beyond rounding.
+    """
     from model import Block, add_lora
     calls = []
     forward = Block.forward
-    monkeypatch.setattr(Block, 'forward', lambda self, *args: calls.append(1) or forward(self, *args))
+    monkeypatch.setattr(Block, 'forward', lambda self, *args: calls.append('block') or forward(self, *args))
 
     def gradients(checkpointing):
-        model = tiny_model(seed=0, dropout=0.1).train()
+        gpt = tiny_model(seed=0, dropout=0.1).train()
         if lora:
-            add_lora(model, rank=4, alpha=8, dropout=0.1, targets=('c_attn', 'c_fc'))  # frozen embeddings, too
-        model.gradient_checkpointing = checkpointing
+            add_lora(gpt, rank=4, alpha=8, dropout=0.1, targets=('c_attn', 'c_fc'))  # frozen embeddings, too
+        gpt.gradient_checkpointing = checkpointing
+        gpt.lm_head.register_forward_hook(lambda *_: calls.append('head'))
         calls.clear()
         idx = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(1))
+        targets = idx.masked_fill(idx < 5, -1)  # some targets ignored: the mean is over the others
         torch.manual_seed(2)
-        _, loss = model(idx, idx)
+        _, loss = gpt(idx, targets)
         loss.backward()
-        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}, len(calls)
+        return loss, {n: p.grad for n, p in gpt.named_parameters() if p.requires_grad}, sorted(calls)
 
-    plain, plain_calls = gradients(False)
-    recomputed, recomputed_calls = gradients(True)
-    assert (plain_calls, recomputed_calls) == (2, 4)  # each block runs again in the backward pass
+    plain_loss, plain, plain_calls = gradients(False)
+    monkeypatch.setattr(model, 'LOGITS_PER_CHUNK', 50 * 24)  # the loss in chunks of 24, 24 and 16 rows
+    loss, recomputed, recomputed_calls = gradients(True)
+    # each block runs again in the backward pass, and the head once per chunk each way
+    assert (plain_calls, recomputed_calls) == (['block'] * 2 + ['head'], ['block'] * 4 + ['head'] * 6)
+    torch.testing.assert_close(loss, plain_loss)
     assert plain.keys() == recomputed.keys() and all(g is not None for g in plain.values())
     for name in plain:
         torch.testing.assert_close(recomputed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
