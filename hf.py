@@ -34,8 +34,9 @@ MAX_HEADER = 100 << 20  # the safetensors library's own limit on the JSON header
 
 def read_safetensors(path):
     """
-    The tensors of a safetensors file, by name. They are views of a copy-on-write memory map of the file,
-    so a 6 GB checkpoint is paged in as it is used, not read into memory up front.
+    The tensors of a safetensors file, by name. Each is a view of its own copy-on-write memory map of the file,
+    so a 6 GB checkpoint is paged in as it is used, not read into memory up front, and a tensor's pages leave
+    memory with the tensor (load_weights drops each one once copied).
     """
     size = os.path.getsize(path)
     with open(path, 'rb') as f:
@@ -50,7 +51,6 @@ def read_safetensors(path):
     if not isinstance(header, dict):
         raise UserError(f"'{path}' is not a safetensors file (its header is not a JSON object)")
     header.pop('__metadata__', None)
-    data = torch.from_numpy(np.memmap(path, dtype=np.uint8, mode='c'))  # 'c': writable, never written back
     tensors = {}
     for name, info in header.items():
         try:
@@ -63,7 +63,8 @@ def read_safetensors(path):
         if not 8 + n <= begin <= end <= size or end - begin != itemsize * numel:
             raise UserError(f"'{path}' is truncated or damaged: tensor '{name}' does not fit its byte range; "
                             f"download or save it again")
-        raw = data[begin:end]
+        # 'c': writable, never written back
+        raw = torch.from_numpy(np.memmap(path, np.uint8, 'c', begin, end - begin)) if end > begin else torch.empty(0)
         if begin % itemsize:
             raw = raw.clone()  # a view as a wider dtype must start at a multiple of its size
         tensors[name] = raw.view(dtype).view(shape)
@@ -126,20 +127,27 @@ def to_hf(state_dict, dtype=torch.float32):
 
 
 def load_weights(model, hf_state_dict, source):
-    """Copy HF GPT-2 tensors into model; a missing, extra or misshapen tensor is a UserError naming source."""
+    """
+    Copy HF GPT-2 tensors into model; a missing, extra or misshapen tensor is a UserError naming source.
+    hf_state_dict is emptied, and each tensor dropped once copied: memory-mapped ones then leave memory one by
+    one, instead of the whole file staying in memory beside the model.
+    """
     lm_head = hf_state_dict.get('lm_head.weight')
     state_dict = from_hf(hf_state_dict)
+    hf_state_dict.clear()
     wte = state_dict.get('transformer.wte.weight')
     if lm_head is not None and wte is not None and not torch.equal(lm_head, wte):
         raise UserError(f"'{source}' has an output layer apart from its token embedding; "
                         f"model.py ties the two, like GPT-2")
+    del lm_head, wte
     params = {k: v for k, v in model.state_dict().items() if k != 'lm_head.weight'}
     missing, unexpected = sorted(params.keys() - state_dict.keys()), sorted(state_dict.keys() - params.keys())
     if missing or unexpected:
         raise UserError(f"'{source}' is not a GPT-2 model of the size its config gives: "
                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     with torch.no_grad():
-        for k, v in state_dict.items():
+        for k in list(state_dict):
+            v = state_dict.pop(k)
             if v.shape != params[k].shape:
                 raise UserError(f"'{source}': {k} has shape {tuple(v.shape)}, the config gives "
                                 f"{tuple(params[k].shape)}")

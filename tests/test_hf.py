@@ -95,6 +95,25 @@ def test_hf_layout_round_trip(bias):
         assert torch.equal(back[k], v), k
 
 
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/maps'), reason="reads the process's memory maps")
+def test_loading_weights_unmaps_the_file_tensor_by_tensor(tmp_path):
+    """Each tensor is mapped on its own and dropped once copied: the file does not stay in memory beside the model."""
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=70, bias=True))
+    path = str(tmp_path / 'model.safetensors')
+    hf.write_safetensors(hf.to_hf(model.state_dict()), path)
+
+    def maps_of_the_file():
+        with open('/proc/self/maps') as f:
+            return sum(line.rstrip().endswith(path) for line in f)
+
+    weights = hf.read_safetensors(path)
+    assert maps_of_the_file() == len(weights)
+    loaded = GPT(model.config)
+    hf.load_weights(loaded, weights, source=path)
+    assert weights == {} and maps_of_the_file() == 0
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
 # -----------------------------------------------------------------------------
 # the hub, played by the loopback server: /<repo>/resolve/main/<file> answers like huggingface.co, with a
 # redirect to the content and the file's sha256 and size in X-Linked-Etag / X-Linked-Size
