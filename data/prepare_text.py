@@ -17,6 +17,8 @@ Tokenizers:
 - gpt2: GPT-2's BPE (tiktoken, encode_ordinary); no meta.pkl, as for OpenWebText.
 - bpe:  a byte-level BPE of vocab_size tokens trained on this corpus with Hugging Face's tokenizers (pip install
         tokenizers), kept as tokenizer.json beside the tokens; meta.pkl names it, and sample.py finds it there.
+        A corpus over bpe_train_bytes trains it on a sample: whole documents evenly spread over the corpus, at most
+        that many bytes, so that memory stays flat whatever the corpus's size.
 With gpt2 and bpe, the end-of-text token follows every document when there are several.
 
 The val split: a fixed, evenly spread val_fraction of the documents when there are several; else the last
@@ -42,6 +44,7 @@ input = []  # text files, folders, .jsonl files or globs; give --input=... once 
 dataset = ''  # the dataset's name: writes data/<dataset>/
 tokenizer = 'char'  # 'char', 'gpt2' or 'bpe'
 vocab_size = 8192  # bpe only: the number of tokens, end-of-text included
+bpe_train_bytes = 3_000_000  # bpe only: train it on at most this much text, spread over the corpus; None: all
 val_fraction = 0.1  # of the documents (or of the text, for a single document) kept for validation
 text_field = 'text'  # the field of a .jsonl line that holds its text
 errors = 'strict'  # 'strict': text that is not UTF-8 is an error; 'replace': bad bytes become U+FFFD
@@ -49,7 +52,7 @@ overwrite = False  # replace the dataset already in data/<dataset>
 num_proc = None  # worker processes that tokenize; None: one per core (fewer for a small corpus)
 # -----------------------------------------------------------------------------
 DEFAULTS = config_from_globals(globals())
-TYPES = {'num_proc': int}
+TYPES = {'num_proc': int, 'bpe_train_bytes': int}  # None allowed
 
 TOKENIZERS = ('char', 'gpt2', 'bpe')
 TEXT_SUFFIXES = ('.txt', '.md')
@@ -57,8 +60,10 @@ DATASET_FILES = ('train.bin', 'val.bin', 'meta.pkl', 'tokenizer.json')  # what t
 EOT = '<|endoftext|>'
 MAX_CHARS = 2 ** 16 - 1  # distinct characters a char vocabulary may have
 BLOCK_BYTES = 1 << 20  # files are read in blocks of this many bytes
-PIECE_CHARS = 1 << 20  # long documents are tokenized in pieces of about this many characters...
-MAX_PIECE_CHARS = 8 * PIECE_CHARS  # ...and at most this many
+# long documents are tokenized in pieces of about this many characters (small: the BPE trainer holds 256 pieces
+# at a time, so 1 MB pieces would cost it 256 MB)...
+PIECE_CHARS = 1 << 14
+MAX_PIECE_CHARS = 1 << 23  # ...and at most this many
 TASK_CHARS = 1 << 20  # characters of text in each task a worker tokenizes
 
 
@@ -77,6 +82,8 @@ def check_settings(cfg):
         raise ConfigError(f"errors={cfg.errors!r}; use 'strict' or 'replace'")
     if cfg.num_proc is not None and cfg.num_proc < 1:
         raise ConfigError(f"num_proc={cfg.num_proc} must be at least 1, or None for one per core")
+    if cfg.bpe_train_bytes is not None and cfg.bpe_train_bytes < 1:
+        raise ConfigError(f"bpe_train_bytes={cfg.bpe_train_bytes} must be at least 1, or None for the whole corpus")
 
 
 def check_folder(data_dir, overwrite):
@@ -181,14 +188,15 @@ def document_pieces(blocks):
     """A document, from its text in blocks of any size, as (piece, ends_document) of about PIECE_CHARS each."""
     buffer = ''
     for block in blocks:
-        buffer += block
-        while len(buffer) >= 2 * PIECE_CHARS:
-            match = SAFE_CUT.search(buffer, PIECE_CHARS)
-            if match is None and len(buffer) < MAX_PIECE_CHARS:
+        buffer, start = buffer + block, 0
+        while len(buffer) - start >= 2 * PIECE_CHARS:
+            match = SAFE_CUT.search(buffer, start + PIECE_CHARS)
+            if match is None and len(buffer) - start < MAX_PIECE_CHARS:
                 break  # read on to a safe place
-            cut = match.start() + 1 if match else PIECE_CHARS  # a text with no punctuation for megabytes
-            yield buffer[:cut], False
-            buffer = buffer[cut:]
+            cut = match.start() + 1 if match else start + PIECE_CHARS  # a text with no punctuation for megabytes
+            yield buffer[start:cut], False
+            start = cut
+        buffer = buffer[start:]
     yield buffer, True
 
 
@@ -208,21 +216,27 @@ def read_corpus(files, text_field='text', errors='strict'):
                 yield piece, ends_document, counter[0]
 
 
+def utf8_bytes(text):
+    return len(text) if text.isascii() else len(text.encode('utf-8', 'surrogatepass'))
+
+
 def scan(files, cfg, total_bytes):
     """
     One pass over the corpus before anything is written, so that a bad file stops the run with nothing done:
-    returns the number of documents, of characters, and the set of characters (for tokenizer=char).
+    returns the number of documents, of characters, of bytes of text (UTF-8), and the set of characters (for
+    tokenizer=char).
     """
-    num_docs, num_chars, chars = 0, 0, set()
+    num_docs, num_chars, num_bytes, chars = 0, 0, 0, set()
     progress = Progress('checking the input', total_bytes)
     for piece, ends_document, done in read_corpus(files, cfg.text_field, cfg.errors):
         num_docs += ends_document
         num_chars += len(piece)
+        num_bytes += utf8_bytes(piece)
         if cfg.tokenizer == 'char':
             chars.update(piece)
         progress(done)
     progress.close()
-    return num_docs, num_chars, chars
+    return num_docs, num_chars, num_bytes, chars
 
 
 # -----------------------------------------------------------------------------
@@ -296,9 +310,28 @@ def train_bpe(pieces, vocab_size, path):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    # one thread: a bounded sample trains in seconds, and each thread would keep word counts of its own
+    os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # (also: no warning when the workers fork)
     tok.train_from_iterator(pieces, trainer=trainer)
     tok.save(path)
     return tok
+
+
+def bpe_sample(pieces, num_bytes, max_bytes, counter):
+    """
+    The pieces to train the BPE on: all of them when the corpus's num_bytes of text fit in max_bytes (None: no
+    limit), else whole pieces (documents, or parts of long ones) evenly spread over the corpus, at most max_bytes
+    in all: the trainer's memory grows with the text it counts words in, and a sample bounds it, as sentencepiece's
+    input_sentence_size does. counter[0] counts the bytes taken.
+    """
+    seen = 0
+    for piece in pieces:
+        size = utf8_bytes(piece)
+        seen += size
+        # taken if the sample stays within max_bytes / num_bytes of the text seen so far
+        if max_bytes is None or (counter[0] + size) * num_bytes <= max_bytes * seen:
+            counter[0] += size
+            yield piece
 
 
 # each worker process builds its encoder once; the tasks carry only text
@@ -318,7 +351,7 @@ def _encode_task(task):
 # -----------------------------------------------------------------------------
 # the whole job
 
-def make_vocab(cfg, files, chars, total_bytes, out):
+def make_vocab(cfg, files, chars, num_bytes, total_bytes, out):
     """The tokenizer's vocabulary (characters, None or the tokenizer file) and the meta.pkl to write (or None)."""
     if cfg.tokenizer == 'char':
         if len(chars) > MAX_CHARS:
@@ -337,9 +370,15 @@ def make_vocab(cfg, files, chars, total_bytes, out):
         for piece, _, done in read_corpus(files, cfg.text_field, cfg.errors):
             progress(done)
             yield piece
-    tok = train_bpe(pieces(), cfg.vocab_size, out.temp_path('tokenizer.json'))
+    taken = [0]
+    tok = train_bpe(bpe_sample(pieces(), num_bytes, cfg.bpe_train_bytes, taken), cfg.vocab_size,
+                    out.temp_path('tokenizer.json'))
     progress.close()
-    print(f"vocab size: {tok.get_vocab_size():,} BPE tokens (end-of-text is {tok.token_to_id(EOT)})")
+    if not taken[0]:
+        raise UserError(f"bpe_train_bytes={cfg.bpe_train_bytes:,} holds no whole document (or piece of "
+                        f"{PIECE_CHARS:,} characters) of the corpus to train the BPE on; raise it")
+    sample = f", trained on {taken[0] / 1e6:,.1f} MB of the {num_bytes / 1e6:,.1f} MB" if taken[0] < num_bytes else ''
+    print(f"vocab size: {tok.get_vocab_size():,} BPE tokens (end-of-text is {tok.token_to_id(EOT)}){sample}")
     meta = {'vocab_size': tok.get_vocab_size(), 'tokenizer': 'tokenizer.json', 'eot_token': tok.token_to_id(EOT)}
     return out.temp_path('tokenizer.json'), meta
 
@@ -347,8 +386,6 @@ def make_vocab(cfg, files, chars, total_bytes, out):
 def write_splits(cfg, files, num_docs, num_chars, vocab, total_bytes, out):
     """Tokenize the corpus in worker processes and append each task's tokens to its split's file, in order."""
     num_proc = cfg.num_proc or max(1, min(os.cpu_count() or 1, total_bytes // TASK_CHARS))
-    if cfg.tokenizer == 'bpe' and num_proc > 1:
-        os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # one thread per worker process; no warning at the fork
     tasks = make_tasks(split_corpus(read_corpus(files, cfg.text_field, cfg.errors), num_docs, num_chars,
                                     cfg.val_fraction))
     counts = {'train': 0, 'val': 0}
@@ -371,7 +408,7 @@ def prepare_text(cfg, data_root='data'):
     check_folder(data_dir, cfg.overwrite)
     files = find_files(cfg.input)
     total_bytes = sum(os.path.getsize(f) for f in files)
-    num_docs, num_chars, chars = scan(files, cfg, total_bytes)
+    num_docs, num_chars, num_bytes, chars = scan(files, cfg, total_bytes)
     print(f"{len(files):,} files, {num_docs:,} documents, {num_chars:,} characters")
     if num_docs == 0:
         raise UserError(f"no documents in {', '.join(cfg.input)} (only blank .jsonl lines); nothing to prepare")
@@ -380,7 +417,7 @@ def prepare_text(cfg, data_root='data'):
         raise UserError(f"the corpus ({num_docs:,} documents, {num_chars:,} characters) is too small to split "
                         f"into train and val with val_fraction={cfg.val_fraction}; give more text")
     with DatasetFiles(data_dir, replaces=DATASET_FILES) as out:  # all files, or none and the old ones kept
-        vocab, meta = make_vocab(cfg, files, chars, total_bytes, out)
+        vocab, meta = make_vocab(cfg, files, chars, num_bytes, total_bytes, out)
         counts = write_splits(cfg, files, num_docs, num_chars, vocab, total_bytes, out)
         if not counts['train'] or not counts['val']:
             raise UserError(f"the corpus gives no {'train' if not counts['train'] else 'val'} tokens (its val "

@@ -242,6 +242,48 @@ def test_a_second_run_writes_the_same_bytes(tmp_path, tokenizer):
         assert (tmp_path / 'data' / 'first' / name).read_bytes() == (tmp_path / 'data' / 'second' / name).read_bytes()
 
 
+def test_the_bpe_sample_is_whole_pieces_evenly_spread_up_to_the_cap():
+    pieces = [f'piece {i:03d}.' if i % 2 else f'床前{i:02d}..' for i in range(100)]  # 10 UTF-8 bytes each
+    taken = [0]
+    assert list(pt.bpe_sample(iter(pieces), 1000, 250, taken)) == pieces[3::4] and taken[0] == 250
+    assert list(pt.bpe_sample(iter(pieces), 1000, 1000, [0])) == pieces
+    assert list(pt.bpe_sample(iter(pieces), 1000, None, [0])) == pieces
+    rng = np.random.default_rng(0)
+    pieces = [f'{i:03d}' + 'x' * n for i, n in enumerate(rng.integers(0, 300, size=500))]  # 3 to 302 bytes
+    num_bytes = sum(map(len, pieces))
+    half = pieces[:250]
+    for cap in (1000, 12_345, num_bytes // 2, num_bytes - 1):
+        taken = [0]
+        sample = list(pt.bpe_sample(iter(pieces), num_bytes, cap, taken))
+        assert cap - 302 < sum(map(len, sample)) == taken[0] <= cap  # as much as fits, and never more
+        share = cap * sum(map(len, half)) / num_bytes  # the first half's share of the cap
+        assert share - 302 < sum(len(p) for p in sample if p in half) <= share
+
+
+def test_bpe_trains_on_a_sample_of_bpe_train_bytes(tmp_path):
+    pytest.importorskip('tokenizers')
+    rng = np.random.default_rng(0)
+    docs = [''.join(rng.choice(list('abcdefgh  '), size=200)) for _ in range(40)]  # 200 bytes each
+    with open(tmp_path / 'docs.jsonl', 'w') as f:
+        f.writelines(json.dumps({'text': doc}) + '\n' for doc in docs)
+    args = [f'--input={tmp_path / "docs.jsonl"}', '--tokenizer=bpe', '--vocab_size=300', '--bpe_train_bytes=2000']
+    prepare(tmp_path, *args, '--dataset=first', '--num_proc=1')
+    prepare(tmp_path, *args, '--dataset=second', '--num_proc=2')
+    for name in files_of(tmp_path, 'first'):
+        assert (tmp_path / 'data' / 'first' / name).read_bytes() == (tmp_path / 'data' / 'second' / name).read_bytes()
+    # the BPE trained on every fourth document (2,000 of the 8,000 bytes), not on all of them
+    expected, whole = str(tmp_path / 'expected.json'), str(tmp_path / 'whole.json')
+    pt.train_bpe(docs[3::4], 300, expected)
+    pt.train_bpe(docs, 300, whole)
+    written = (tmp_path / 'data' / 'first' / 'tokenizer.json').read_bytes()
+    assert written == open(expected, 'rb').read() != open(whole, 'rb').read()
+    prepare(tmp_path, *args[:-1], '--bpe_train_bytes=None', '--dataset=all')
+    assert (tmp_path / 'data' / 'all' / 'tokenizer.json').read_bytes() == open(whole, 'rb').read()
+    with pytest.raises(UserError, match=r"^bpe_train_bytes=199 holds no whole document .*; raise it$"):
+        prepare(tmp_path, *args[:-1], '--bpe_train_bytes=199', '--dataset=third')
+    assert files_of(tmp_path, 'third') == []
+
+
 # -----------------------------------------------------------------------------
 # bad input: one line, a non-zero exit, nothing written
 
@@ -335,6 +377,7 @@ def test_the_shakespeare_folders_are_not_clobbered(tmp_path):
 def test_settings_are_checked(tmp_path):
     for arg, message in [('--vocab_size=100', 'vocab_size=100 must be 257'), ('--val_fraction=0', 'between 0 and 1'),
                          ('--errors=ignore', "use 'strict' or 'replace'"), ('--num_proc=0', 'at least 1'),
+                         ('--bpe_train_bytes=0', 'bpe_train_bytes=0 must be at least 1, or None'),
                          ('--vocab_sise=300', "did you mean 'vocab_size'")]:
         with pytest.raises(ConfigError, match=message):
             prepare(tmp_path, '--input=a.txt', '--dataset=x', '--tokenizer=bpe', arg)

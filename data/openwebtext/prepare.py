@@ -6,9 +6,10 @@ format). A random 0.0005 of the documents, fixed by seed 2357, is the val split:
 nanoGPT's, which picks them with HF datasets' train_test_split(test_size=0.0005, seed=2357).
 
 Expect about 9B train tokens (train.bin about 17 GB) and 4M val tokens (val.bin about 8.5 MB). The download
-goes through Hugging Face datasets (pip install datasets; any version: no loading script is run) into its
-cache; the tokenizing runs in several worker processes. OPENWEBTEXT_PARQUET=PATTERN reads other Parquet files
-with a 'text' column instead (a local copy or a mirror of the same files).
+goes through Hugging Face datasets (pip install datasets; its 'parquet' builder, no loading script, which
+datasets 4.0 on refuse; tried offline with 5.2.0) into its cache; the tokenizing runs in several worker
+processes. OPENWEBTEXT_PARQUET=PATTERN reads other Parquet files with a 'text' column instead (a local copy or
+a mirror of the same files).
 
 $ python data/openwebtext/prepare.py        # workers: half the CPU cores
 $ python data/openwebtext/prepare.py 16     # 16 workers
