@@ -11,9 +11,11 @@ import importlib.util
 import os
 import pickle
 import secrets
+import struct
 import sys
 import time
 import zipfile
+import zlib
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 
@@ -299,14 +301,90 @@ def save_checkpoint(checkpoint, path):
     write_atomically(path, lambda f: torch.save(checkpoint, f))
 
 
+def stream_checkpoint(checkpoint, path, whole, write=True):
+    """
+    save_checkpoint for a checkpoint of sharded tensors, without ever holding it whole: whole(t) gives tensor t's
+    full value (a collective, say), called for one tensor at a time, in the same order on every process that
+    calls this; only the one with write=True writes. The file is torch.save's own: written first without the
+    tensors' bytes (torch.serialization.skip_data), then each tensor's bytes at its place and its CRC-32.
+    """
+    import torch
+    tensors = list({id(t): t for t in _tensors(checkpoint)}.values())  # each once, tied weights too
+    if not write:
+        for t in tensors:
+            whole(t)
+        return
+
+    def write_file(f):
+        empty = {id(t): torch.empty(t.shape, dtype=t.dtype) for t in tensors}  # never touched: not resident
+        with torch.serialization.skip_data():
+            torch.save(_map_tensors(checkpoint, lambda t: empty[id(t)]), f)
+        f.flush()
+        skeleton = torch.load(f.name, map_location='meta', weights_only=True)  # storages know their file offsets
+        offsets = {id(t): m.untyped_storage()._checkpoint_offset
+                   for t, m in zip(_tensors(checkpoint), _tensors(skeleton))}
+        crcs = {}
+        for t in tensors:
+            data = memoryview(whole(t).detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+            f.seek(offsets[id(t)])
+            f.write(data)
+            crcs[offsets[id(t)]] = zlib.crc32(data)
+        _set_crcs(f, crcs)
+
+    write_atomically(path, write_file)
+
+
+def _map_tensors(obj, fn):
+    """obj with each tensor t in its dicts, lists and tuples replaced by fn(t)."""
+    import torch
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
+    return fn(obj) if isinstance(obj, torch.Tensor) else obj
+
+
+def _tensors(obj):
+    """The tensors in obj's dicts, lists and tuples, in a fixed order."""
+    found = []
+    _map_tensors(obj, found.append)
+    return found
+
+
+def _set_crcs(f, crcs):
+    """
+    Write the CRC-32s of the records of a zip file f (open to read and write) whose data starts at the offsets in
+    crcs (offset: crc) into their local headers (or data descriptors) and central directory entries
+    (https://pkware.cachefly.net/webdocs/casestudies/APPNOTE.TXT, 4.3.7, 4.3.9, 4.3.12).
+    """
+    with zipfile.ZipFile(f.name) as z:
+        records, entry = z.infolist(), z.start_dir
+    for record in records:
+        f.seek(record.header_offset + 26)
+        name_length, extra_length = struct.unpack('<HH', f.read(4))
+        data = record.header_offset + 30 + name_length + extra_length
+        f.seek(entry + 28)
+        entry_end = entry + 46 + sum(struct.unpack('<HHH', f.read(6)))
+        if data in crcs:
+            local = record.header_offset + 14
+            if record.flag_bits & 8:  # the crc is in a data descriptor after the data (signed or not), not here
+                f.seek(data + record.file_size)
+                local = data + record.file_size + (4 if f.read(4) == b'PK\x07\x08' else 0)
+            for at in (local, entry + 16):
+                f.seek(at)
+                f.write(struct.pack('<I', crcs[data]))
+        entry = entry_end
+
+
 def write_atomically(path, write):
     """
-    Call write(f) on a temporary file of this process's own, flush it to disk, then rename it over path. A failed
-    write (a full disk, say) or an interrupt deletes the temporary file and leaves the old one: a UserError.
+    Call write(f) on a temporary file of this process's own (open to write and read), flush it to disk, then rename
+    it over path. A failed write (a full disk, say) or an interrupt deletes the temporary file and leaves the old
+    one: a UserError.
     """
     tmp = f'{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp'
     try:
-        with open(tmp, 'xb') as f:
+        with open(tmp, 'xb+') as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

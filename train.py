@@ -30,13 +30,14 @@ from contextlib import ExitStack, suppress
 
 import numpy as np
 import torch
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common import (BEST, LAST, LOG, UserError, all_or_none, checkpoint_name, checkpoint_path, compile_blocker,
-                    dist_env, local_rank0_first, own_out_dir, print0, run_main, save_checkpoint, setup, teardown)
+                    dist_env, local_rank0_first, own_out_dir, print0, run_main, save_checkpoint, setup,
+                    stream_checkpoint, teardown)
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
 from data import (DROPOUT, EVAL_BATCH, PROJECT_DIR, SPLITS, TRAIN_BATCH, data_files, dataset_tokenizer, get_batch,
                   meta_vocab_size)
@@ -459,7 +460,7 @@ def load_hellaswag(cfg, model, rt):
 
 # -----------------------------------------------------------------------------
 # FSDP: each process holds a shard of every weight, gradient and optimizer moment; a checkpoint is gathered
-# whole, so it is an ordinary ckpt.pt that resumes and samples anywhere
+# whole, one tensor at a time, so it is an ordinary ckpt.pt that resumes and samples anywhere
 
 def shard_model(model):
     """
@@ -472,12 +473,17 @@ def shard_model(model):
     fully_shard(model)
 
 
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, gathered to rank 0's memory
-
-
-def model_state(model):
-    """The model's state dict; under FSDP gathered whole on rank 0 (a collective; the others get {})."""
-    return get_model_state_dict(model, options=FULL) if isinstance(model, FSDPModule) else model.state_dict()
+def save_state(checkpoint, path, model, rt):
+    """
+    Write the checkpoint to path from the master process. Under FSDP (a collective: every process calls it) its
+    tensors are each process's shards, gathered whole one at a time as they are written, so no process ever holds
+    more than one whole tensor beyond its shards; the file is the same ordinary ckpt.pt.
+    """
+    if isinstance(model, FSDPModule):
+        stream_checkpoint(checkpoint, path, whole=lambda t: t.full_tensor() if isinstance(t, DTensor) else t,
+                          write=rt.master)
+    elif rt.master:
+        save_checkpoint(checkpoint, path)
 
 
 def parameter_names(model, optimizer):
@@ -490,17 +496,6 @@ def renumber(state, key):
     """An optimizer state dict with each parameter's key k (an id or a name) replaced by key[k]."""
     return {'state': {key[k]: s for k, s in state['state'].items()},
             'param_groups': [{**g, 'params': [key[k] for k in g['params']]} for g in state['param_groups']]}
-
-
-def optimizer_state(model, optimizer):
-    """
-    optimizer.state_dict(), numbered as in one process. Under FSDP it is gathered whole on rank 0 (a collective;
-    the others get {}), and renumbered: PyTorch's gathered form names the parameters instead.
-    """
-    if not isinstance(model, FSDPModule):
-        return optimizer.state_dict()
-    state = get_optimizer_state_dict(model, optimizer, options=FULL)
-    return renumber(state, {name: i for i, name in enumerate(parameter_names(model, optimizer))}) if state else state
 
 
 def load_optimizer_state(model, optimizer, state):
@@ -595,15 +590,14 @@ def save_run(name, raw_model, optimizer, scaler, iter_num, best, tokenizer, cfg,
     """
     Write the run's state to out_dir/name; a new best ckpt.pt replaces ckpt_last.pt. best is (best val loss, its
     iteration); tokenizer is what decodes the model's tokens (data.dataset_tokenizer). Every process calls it
-    (under FSDP the state is gathered from all of them); the master writes.
+    (under FSDP the state is gathered from all of them, one tensor at a time); the master writes.
     """
-    model, optimizer_state_dict = model_state(raw_model), optimizer_state(raw_model, optimizer)
-    if not rt.master:
-        return
+    # under FSDP both hold this process's shards (DTensors), named and numbered as in one process
+    model = raw_model.state_dict()
     path = os.path.join(cfg.out_dir, name)
     checkpoint = {
         'model': model,
-        'optimizer': optimizer_state_dict,
+        'optimizer': optimizer.state_dict(),
         'model_args': {k: getattr(raw_model.config, k) for k in MODEL_ARGS},
         'iter_num': iter_num,
         'best_val_loss': best[0],
@@ -614,10 +608,11 @@ def save_run(name, raw_model, optimizer, scaler, iter_num, best, tokenizer, cfg,
     }
     if cfg.lora_rank:
         checkpoint.update(lora_checkpoint(model, cfg))
-    save_checkpoint(checkpoint, path)
+    save_state(checkpoint, path, raw_model, rt)
     print0(f"saving checkpoint to {path}")
-    if name == BEST and os.path.exists(os.path.join(cfg.out_dir, LAST)):  # the newest state is ckpt.pt again
-        os.remove(os.path.join(cfg.out_dir, LAST))
+    last = os.path.join(cfg.out_dir, LAST)
+    if rt.master and name == BEST and os.path.exists(last):  # the newest state is ckpt.pt again
+        os.remove(last)
 
 
 class RunLog:

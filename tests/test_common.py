@@ -1,8 +1,10 @@
 """common.py's device, dtype and process-group setup, checked on a CPU with torch.cuda's queries stood in for."""
 import datetime
+import errno
 import os
 import subprocess
 import sys
+import zipfile
 from contextlib import nullcontext
 
 import pytest
@@ -176,3 +178,46 @@ def test_setup_hands_freed_blocks_back_to_the_os():
     kept = {how: int(subprocess.run([sys.executable, '-c', FREE_AFTER_A_LARGE_FREE, how], cwd=REPO, check=True,
                                     capture_output=True, text=True).stdout) for how in ('default', 'setup')}
     assert kept['default'] >= 7 << 20 and kept['setup'] < 1 << 20, kept
+
+
+def a_checkpoint():
+    """Tensors as a checkpoint holds them: tied, of several dtypes, 0-d and empty, in nested dicts, lists, tuples."""
+    weight = torch.randn(50, 7)
+    return {'model': {'wte': weight, 'lm_head': weight, 'bias': torch.randn(3).to(torch.bfloat16)},
+            'optimizer': {'state': {0: {'step': torch.tensor(3.0), 'exp_avg': torch.randn(4, 4)}},
+                          'param_groups': [{'betas': (0.9, 0.95), 'params': [0]}]},
+            'empty': torch.empty(0), 'ids': [torch.arange(5)], 'iter_num': 3, 'config': {'x': None, 'y': 'z'}}
+
+
+def test_a_streamed_checkpoint_is_the_file_torch_save_writes(tmp_path):
+    checkpoint = a_checkpoint()
+    gathered = []
+    common.stream_checkpoint(checkpoint, str(tmp_path / 'streamed.pt'), whole=lambda t: gathered.append(t) or t)
+    with open(tmp_path / 'saved.pt', 'wb') as f:  # a file object, as save_checkpoint's: records named archive/...
+        torch.save(checkpoint, f)
+    assert len(gathered) == 6  # each tensor once, the tied weight too
+    with zipfile.ZipFile(tmp_path / 'streamed.pt') as a, zipfile.ZipFile(tmp_path / 'saved.pt') as b:
+        assert a.testzip() is None  # every record's CRC-32 is right
+        records = [name for name in b.namelist() if not name.endswith('serialization_id')]  # random
+        assert a.namelist() == b.namelist() and all(a.read(name) == b.read(name) for name in records)
+    loaded = torch.load(tmp_path / 'streamed.pt')  # as nanoGPT's sample.py reads it: not memory-mapped
+    assert loaded['model']['wte'].data_ptr() == loaded['model']['lm_head'].data_ptr()
+    torch.testing.assert_close(loaded['optimizer'], checkpoint['optimizer'], rtol=0, atol=0)
+    torch.testing.assert_close(loaded['model'], checkpoint['model'], rtol=0, atol=0)
+
+
+def test_a_failed_streamed_save_leaves_the_old_checkpoint_and_no_temporary_file(tmp_path):
+    path = str(tmp_path / 'ckpt.pt')
+    save_checkpoint({'model': {'w': torch.ones(3)}, 'model_args': {}}, path)
+    before = open(path, 'rb').read()
+    calls = []
+
+    def disk_full_at_the_second_tensor(t):
+        calls.append(t)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return t
+
+    with pytest.raises(UserError, match=r"could not write '.*ckpt.pt' \(No space left on device\); the file there "):
+        common.stream_checkpoint(a_checkpoint(), path, whole=disk_full_at_the_second_tensor)
+    assert os.listdir(tmp_path) == ['ckpt.pt'] and open(path, 'rb').read() == before

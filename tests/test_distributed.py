@@ -3,9 +3,12 @@ import os
 import socket
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict)
 from torch.distributed.fsdp import FSDPModule
 
 import train
@@ -74,6 +77,12 @@ def test_under_ddp_one_process_prepares_tiny_shakespeare(tmp_path):
 # -----------------------------------------------------------------------------
 # FSDP
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
 def assert_same_optimizer_layout(a, b):
     """Two optimizer state dicts numbered alike, with moments of the same shapes: both ordinary ckpt.pt files."""
     assert [g['params'] for g in a['param_groups']] == [g['params'] for g in b['param_groups']]
@@ -102,9 +111,7 @@ def test_fsdp_in_a_group_of_one_trains_and_saves_an_ordinary_checkpoint(char_dat
     """The sharding, gathering and renumbering path, quickly: torchrun's environment for one process, in process."""
     monkeypatch.chdir(char_data)
     train.train(tiny_cfg(char_data, max_iters=4, out_dir='plain'))
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with monkeypatch.context() as env:
         torchrun = dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
         for k, v in torchrun.items():
@@ -121,3 +128,55 @@ def test_fsdp_in_a_group_of_one_trains_and_saves_an_ordinary_checkpoint(char_dat
         torch.testing.assert_close(a['optimizer']['state'][i]['exp_avg_sq'], b['optimizer']['state'][i]['exp_avg_sq'])
     # and it resumes without FSDP
     assert train.train(tiny_cfg(char_data, max_iters=5, out_dir='fsdp', init_from='resume'))['iter_num'] == 5
+
+
+def assert_identical(a, b):
+    """Equal nested data: the same keys, and tensors of the same type, dtype, shape and bits."""
+    if isinstance(a, torch.Tensor):
+        assert type(a) is type(b) is torch.Tensor and a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_identical(a[k], b[k])
+    else:
+        assert a == b
+
+
+def train_under_fsdp(rank, port, workdir, lora):
+    """One of two FSDP processes of a tiny run; each save also writes the state gathered whole by torch's helpers."""
+    os.chdir(workdir)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1',
+                      MASTER_PORT=str(port))
+    streamed_save = train.save_run
+
+    def save_and_gather(name, model, optimizer, scaler, iter_num, best, tokenizer, cfg, rt):
+        streamed_save(name, model, optimizer, scaler, iter_num, best, tokenizer, cfg, rt)
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(model, options=full)
+        moments = get_optimizer_state_dict(model, optimizer, options=full)
+        if rt.master:
+            gathered = train.lora_checkpoint(weights, cfg) if cfg.lora_rank else {'model': weights}
+            gathered['optimizer'] = train.renumber(moments, {n: i for i, n in enumerate(
+                train.parameter_names(model, optimizer))})
+            torch.save(gathered, os.path.join(cfg.out_dir, 'gathered.pt'))
+
+    train.save_run = save_and_gather
+    extra = dict(lora_rank=4, lora_targets='c_attn,c_fc') if lora else {}
+    train.train(tiny_cfg(workdir, max_iters=2, eval_interval=2, out_dir='two', fsdp=True, **extra))
+
+
+@pytest.mark.parametrize('lora', [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_fsdp_streams_its_checkpoint_equal_to_the_state_gathered_whole(char_data, lora, monkeypatch):
+    port = free_port()
+    torch.multiprocessing.spawn(train_under_fsdp, args=(port, char_data, lora), nprocs=2)
+    path = char_data / 'two' / 'ckpt.pt'
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None
+    streamed, gathered = torch.load(path), torch.load(char_data / 'two' / 'gathered.pt')  # plain, as nanoGPT's
+    for part in gathered:  # same keys, same numbering, bitwise equal
+        assert_identical(streamed[part], gathered[part])
+    # and it resumes in one process
+    monkeypatch.chdir(char_data)
+    cfg = tiny_cfg(char_data, max_iters=3, eval_interval=2, out_dir='two', init_from='resume',
+                   **(dict(lora_rank=4, lora_targets='c_attn,c_fc') if lora else {}))
+    assert train.train(cfg)['iter_num'] == 3
