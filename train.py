@@ -473,6 +473,15 @@ def shard_model(model):
     fully_shard(model)
 
 
+def model_state(model):
+    """
+    model.state_dict(), with each tied weight one tensor under both names, as a plain model's are (FSDP's state
+    dict gives each name a DTensor of its own, which a checkpoint would hold twice).
+    """
+    detached = {}
+    return {k: detached.setdefault(id(v), v.detach()) for k, v in model.state_dict(keep_vars=True).items()}
+
+
 def save_state(checkpoint, path, model, rt):
     """
     Write the checkpoint to path from the master process. Under FSDP (a collective: every process calls it) its
@@ -593,7 +602,7 @@ def save_run(name, raw_model, optimizer, scaler, iter_num, best, tokenizer, cfg,
     (under FSDP the state is gathered from all of them, one tensor at a time); the master writes.
     """
     # under FSDP both hold this process's shards (DTensors), named and numbered as in one process
-    model = raw_model.state_dict()
+    model = model_state(raw_model)
     path = os.path.join(cfg.out_dir, name)
     checkpoint = {
         'model': model,

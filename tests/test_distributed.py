@@ -175,6 +175,8 @@ def test_fsdp_streams_its_checkpoint_equal_to_the_state_gathered_whole(char_data
     streamed, gathered = torch.load(path), torch.load(char_data / 'two' / 'gathered.pt')  # plain, as nanoGPT's
     for part in gathered:  # same keys, same numbering, bitwise equal
         assert_identical(streamed[part], gathered[part])
+    # the tied weight is stored once, as in a plain model's checkpoint
+    assert streamed['model']['lm_head.weight'].data_ptr() == streamed['model']['transformer.wte.weight'].data_ptr()
     # and it resumes in one process
     monkeypatch.chdir(char_data)
     cfg = tiny_cfg(char_data, max_iters=3, eval_interval=2, out_dir='two', init_from='resume',
