@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from common import UserError, run_main, setup
+from common import UserError, return_freed_memory, run_main, setup
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
 from data import TRAIN_BATCH, data_files, get_batch
 from model import GPT, PADDED_VOCAB_SIZE, GPTConfig, add_lora, load_model
@@ -106,6 +106,8 @@ def bench_model(cfg, rt):
 
 def bench_train(cfg):
     """Time train.py's training step on synthetic or real batches."""
+    if cfg.lora_rank or cfg.gradient_checkpointing:
+        return_freed_memory()  # as train.py does with these settings
     rt = setup(cfg.device, cfg.dtype)
     raw_model = bench_model(cfg, rt)
     optimizer = raw_model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), rt.device_type)

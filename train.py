@@ -36,8 +36,8 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common import (BEST, LAST, LOG, UserError, all_or_none, checkpoint_name, checkpoint_path, compile_blocker,
-                    dist_env, local_rank0_first, own_out_dir, print0, run_main, save_checkpoint, setup,
-                    stream_checkpoint, teardown)
+                    dist_env, local_rank0_first, own_out_dir, print0, return_freed_memory, run_main, save_checkpoint,
+                    setup, stream_checkpoint, teardown)
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
 from data import (DROPOUT, EVAL_BATCH, PROJECT_DIR, SPLITS, TRAIN_BATCH, data_files, dataset_tokenizer, get_batch,
                   meta_vocab_size)
@@ -796,6 +796,8 @@ def train(cfg):
     if cfg.fsdp and cfg.eval_iters % world_size:  # every FSDP process must run the same number of forwards
         raise UserError(f"eval_iters={cfg.eval_iters} does not divide among {world_size} FSDP processes; "
                         f"make it a multiple of {world_size}")
+    if cfg.fsdp or cfg.lora_rank or cfg.gradient_checkpointing:
+        return_freed_memory()  # before the model's tensors are made
     rt = setup(cfg.device, cfg.dtype, cfg.backend)
     try:
         with ExitStack() as owned:

@@ -161,8 +161,8 @@ FREE_AFTER_A_LARGE_FREE = """
 import sys, torch, common
 def resident():
     return int(open('/proc/self/statm').read().split()[1]) * 4096
-if sys.argv[1] == 'setup':
-    common.setup('cpu', 'float32')
+if sys.argv[1] == 'returned':
+    common.return_freed_memory()
 large = torch.ones(16 << 20, dtype=torch.uint8)
 del large  # glibc's default raises its threshold to 16 MB here
 before = resident()
@@ -173,11 +173,11 @@ print(resident() - before)
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason="glibc's malloc")
-def test_setup_hands_freed_blocks_back_to_the_os():
-    """After setup, a freed 8 MB tensor leaves the process; by glibc's default it stays after a larger free."""
+def test_freed_blocks_go_back_to_the_os():
+    """After return_freed_memory, a freed 8 MB tensor leaves the process; by glibc's default it stays."""
     kept = {how: int(subprocess.run([sys.executable, '-c', FREE_AFTER_A_LARGE_FREE, how], cwd=REPO, check=True,
-                                    capture_output=True, text=True).stdout) for how in ('default', 'setup')}
-    assert kept['default'] >= 7 << 20 and kept['setup'] < 1 << 20, kept
+                                    capture_output=True, text=True).stdout) for how in ('default', 'returned')}
+    assert kept['default'] >= 7 << 20 and kept['returned'] < 1 << 20, kept
 
 
 def a_checkpoint():
