@@ -1,4 +1,4 @@
-# the baby Shakespeare model sized for a laptop CPU, trained with Muon: a val loss near 1.85 in 600 iterations,
+# the baby Shakespeare model sized for a laptop CPU, trained with Muon: a val loss of 1.85-1.87 in 600 iterations,
 # where nanoGPT's AdamW recipe (config/train_shakespeare_char_cpu_adamw.py) needs 2000 for 1.88
 # $ python train.py config/train_shakespeare_char_cpu.py
 
