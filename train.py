@@ -311,7 +311,8 @@ class ChainedOptimizer:
             opt.load_state_dict(state_dict[name])
 
 
-class Muon(torch.optim.Muon):
+# torch.optim.Muon is PyTorch 2.9's; on older ones train.py still imports, and optimizer='muon' is a clear error
+class Muon(getattr(torch.optim, 'Muon', torch.optim.Optimizer)):
     """
     torch.optim.Muon, stepping the matrices of one shape together (each block has one c_attn, c_fc and two
     c_proj): one batched matmul per Newton-Schulz product instead of one per matrix, the same numbers. The

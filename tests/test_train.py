@@ -2,6 +2,8 @@ import copy
 import importlib.util
 import math
 import os
+import subprocess
+import sys
 from contextlib import nullcontext
 from types import SimpleNamespace
 
@@ -378,6 +380,12 @@ def test_muon_steps_as_torchs_muon_does(adjust_lr_fn, weight_decay, nesterov):
     assert mine['param_groups'] == torchs['param_groups']
     assert all(torch.equal(mine['state'][i]['momentum_buffer'], s['momentum_buffer'])
                for i, s in torchs['state'].items())
+
+
+def test_train_py_imports_without_torchs_muon():
+    """PyTorch 2.6 to 2.8 have no torch.optim.Muon: train.py (and every AdamW run) must still work there."""
+    code = 'import torch; del torch.optim.Muon; import train; print(issubclass(train.Muon, torch.optim.Optimizer))'
+    assert subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True).stdout == 'True\n'
 
 
 def test_optimizer_setting_is_checked():
