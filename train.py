@@ -316,11 +316,16 @@ class Muon(getattr(torch.optim, 'Muon', torch.optim.Optimizer)):
     """
     torch.optim.Muon, stepping the matrices of one shape together (each block has one c_attn, c_fc and two
     c_proj): one batched matmul per Newton-Schulz product instead of one per matrix, the same numbers. The
-    state and the state dict are torch.optim.Muon's; at the CPU recipe's shape the step takes about half the time.
+    state and the state dict are torch.optim.Muon's; at the CPU recipe's shape its Newton-Schulz iterations take
+    two thirds of the time.
     """
 
     @torch.no_grad()
-    def step(self):
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             by_shape = {}
             for p in group['params']:
@@ -342,6 +347,7 @@ class Muon(getattr(torch.optim, 'Muon', torch.optim.Optimizer)):
                 for p, u in zip(params, update):
                     p.mul_(1 - lr * group['weight_decay'])
                     p.add_(u, alpha=-adjusted_lr)
+        return loss
 
 
 def newton_schulz(g, coefficients, steps, eps):
