@@ -106,12 +106,13 @@ def prepare_model(model, rt, quantize_mode=None, compile=False):
 
 def store_transposed(model):
     """
-    Store each Linear's weight transposed in memory (the same (out, in) tensor, column-major), in place: a
-    decode step multiplies one row by every weight, and on CPU MKL streams a weight laid out (in, out) faster
-    than nn.Linear's (out, in). The values, names and shapes stay the same.
+    Store the weight of each Linear that widens its input (out_features > in_features: c_attn, c_fc, lm_head)
+    transposed in memory (the same (out, in) tensor, column-major), in place. A decode step multiplies one row by
+    every weight, and on CPU MKL streams such a weight faster laid out (in, out) than nn.Linear's (out, in); for
+    the narrowing ones (the c_proj layers) nn.Linear's layout is the faster. The values, names and shapes stay.
     """
     for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
+        if isinstance(module, torch.nn.Linear) and module.out_features > module.in_features:
             module.weight.data = module.weight.data.t().contiguous().t()
 
 

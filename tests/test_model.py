@@ -175,9 +175,15 @@ def test_kv_cache_prefills_once_then_feeds_one_token_until_full():
     assert seen == [10] + [1] * 6 + [16] * 5
 
 
+@pytest.mark.parametrize('static', [False, True])
 @pytest.mark.parametrize('flash', [True, False])
-def test_cached_forward_matches_full_forward(flash):
-    """Logits for each position, fed through the cache one token at a time, equal the full forward's."""
+def test_cached_forward_matches_full_forward(flash, static, monkeypatch):
+    """
+    Logits for each position, fed through the cache one token at a time, equal the full forward's: attending to
+    the written positions (eager on CPU) or to all of them, the later ones masked (static: compiled or on a GPU).
+    """
+    if static:
+        monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
     model = tiny_model()
     set_flash(model, flash)
     idx = torch.randint(0, 50, (3, 16))
