@@ -58,13 +58,20 @@ class KVCache:
             self.v = v.new_zeros(B, nh, self.max_len, hs)
         self.k[:, :, input_pos] = k
         self.v[:, :, input_pos] = v
-        if torch.compiler.is_compiling() or k.device.type != 'cpu':
-            # all max_len positions, the later ones masked: the same shapes at every position (and no sync on a GPU)
+        if self.static(k.device):
             return self.k, self.v, input_pos[:, None] >= torch.arange(self.max_len, device=k.device)
-        # eager on CPU: only the positions written so far (reading the others cost 4% of GPT-2's decode step)
         n = int(input_pos[-1]) + 1
-        mask = input_pos[:, None] >= torch.arange(n) if k.size(2) > 1 else None
+        mask = input_pos[:, None] >= torch.arange(n, device=k.device) if k.size(2) > 1 else None
         return self.k[:, :, :n], self.v[:, :, :n], mask
+
+    @staticmethod
+    def static(device):
+        """
+        Whether update gives all max_len positions, the later ones masked: the same shapes at every position, for
+        a compiled step (and no sync on a GPU). Else (eager on CPU) only the positions written so far: reading
+        the others cost about 4% of GPT-2's decode step.
+        """
+        return torch.compiler.is_compiling() or device.type != 'cpu'
 
 
 LOGITS_PER_CHUNK = 2 ** 23  # chunked_cross_entropy's rows x vocab per chunk: 32 MB of float32 logits
@@ -539,7 +546,7 @@ class GPT(nn.Module):
         the whole context (nanoGPT's way): the reference the cache is tested against. Both give the same tokens.
         """
         block_size = self.config.block_size
-        # the cache is as long as this call can use (gpt-fast's choice): attention then reads no empty positions
+        # the cache is as long as this call can use (gpt-fast's choice): attention reads no position it never writes
         max_len = min(idx.size(1) + max_new_tokens, block_size)
         caches = [KVCache(max_len) for _ in self.transformer.h] if use_kv_cache else None
         n_cached = 0  # positions written in the caches

@@ -106,10 +106,11 @@ def prepare_model(model, rt, quantize_mode=None, compile=False):
 
 def store_transposed(model):
     """
-    Store the weight of each Linear that widens its input (out_features > in_features: c_attn, c_fc, lm_head)
-    transposed in memory (the same (out, in) tensor, column-major), in place. A decode step multiplies one row by
-    every weight, and on CPU MKL streams such a weight faster laid out (in, out) than nn.Linear's (out, in); for
-    the narrowing ones (the c_proj layers) nn.Linear's layout is the faster. The values, names and shapes stay.
+    Store the weight of each Linear that widens its input (out_features > in_features: c_attn, c_fc, and lm_head
+    unless the vocabulary is smaller than n_embd) transposed in memory (the same (out, in) tensor, column-major),
+    in place. A decode step multiplies one row by every weight, and on CPU MKL streams such a weight faster laid
+    out (in, out) than nn.Linear's (out, in); for the MLP's narrowing c_proj nn.Linear's layout is the faster, and
+    for attention's square c_proj they are even. The values, names and shapes stay.
     """
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module.out_features > module.in_features:

@@ -183,7 +183,7 @@ def test_cached_forward_matches_full_forward(flash, static, monkeypatch):
     the written positions (eager on CPU) or to all of them, the later ones masked (static: compiled or on a GPU).
     """
     if static:
-        monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+        monkeypatch.setattr(KVCache, 'static', staticmethod(lambda device: True))
     model = tiny_model()
     set_flash(model, flash)
     idx = torch.randint(0, 50, (3, 16))
@@ -197,10 +197,27 @@ def test_cached_forward_matches_full_forward(flash, static, monkeypatch):
         model.prefill(idx.repeat(1, 2)[:, :17], caches)
 
 
+def test_cache_gives_the_written_positions_eager_on_cpu_and_all_of_them_when_static(monkeypatch):
+    cache, k = KVCache(10), torch.randn(2, 3, 4, 5)
+    keys, values, mask = cache.update(torch.arange(4), k, k + 1)  # a prefill: each query sees its own and earlier
+    assert torch.equal(keys, k) and torch.equal(values, k + 1) and torch.equal(mask, torch.ones(4, 4).tril().bool())
+    keys, _, mask = cache.update(torch.tensor([4]), k[:, :, :1], k[:, :, :1])  # one query sees all 5 written
+    assert keys.shape == (2, 3, 5, 5) and mask is None
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)  # as under torch.compile
+    keys, _, mask = cache.update(torch.tensor([5]), k[:, :, :1], k[:, :, :1])
+    assert keys.shape == (2, 3, 10, 5) and torch.equal(mask, torch.arange(10)[None] <= 5)
+
+
+@pytest.mark.parametrize('static', [False, True])
 @pytest.mark.parametrize('flash', [True, False])
 @pytest.mark.parametrize('seed', range(4))
-def test_generate_with_cache_equals_without(flash, seed):
-    """Greedy and seeded sampling, a batch of different prompts, running past block_size (16): the same tokens."""
+def test_generate_with_cache_equals_without(flash, seed, static, monkeypatch):
+    """
+    Greedy and seeded sampling, a batch of different prompts, running past block_size (16): the same tokens, with
+    the cache sliced to the written positions (eager on CPU) or static (compiled or on a GPU).
+    """
+    if static:
+        monkeypatch.setattr(KVCache, 'static', staticmethod(lambda device: True))
     model = varied_model(seed=seed, bias=seed % 2 == 0)
     set_flash(model, flash)
     idx = torch.randint(0, 50, (3, 5))
