@@ -473,14 +473,15 @@ def load_checkpoint(path, map_location='cpu'):
         raise UserError(f"no checkpoint at '{path}'; train first or point --out_dir at a run's folder")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=_can_map(path))
-    except pickle.UnpicklingError as e:
-        if 'Weights only load failed' not in str(e):
-            raise UserError(f"checkpoint '{path}' is damaged or not a checkpoint ({_first_line(e)}); "
-                            f"use another checkpoint or train again") from None
-        raise UserError(f"checkpoint '{path}' holds objects other than tensors and plain data, which could run "
-                        f"code when loaded; refusing it (load it yourself only if you trust its source)") from None
     except Exception as e:
-        raise UserError(f"checkpoint '{path}' is damaged or not a checkpoint ({_first_line(e)}); "
+        if isinstance(e, pickle.UnpicklingError) and 'GLOBAL' in str(e):  # weights_only names what it refuses
+            raise UserError(f"checkpoint '{path}' holds objects other than tensors and plain data, which could "
+                            f"run code when loaded; refusing it (load it yourself only if you trust its source)"
+                            ) from None
+        # a zip archive torch cannot read says why in its first sentence (the rest is advice to PyTorch's users);
+        # anything else (a text file, an empty one) was never written by torch.save
+        reason = _first_line(e).split('. ')[0] if isinstance(e, RuntimeError) else 'not a file torch.save wrote'
+        raise UserError(f"checkpoint '{path}' is damaged or not a checkpoint ({reason}); "
                         f"use another checkpoint or train again") from None
     missing = [k for k in ('model', 'model_args') if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:

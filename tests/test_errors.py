@@ -165,6 +165,28 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
         load_checkpoint(str(tmp_path / 'ckpt.pt'))
 
 
+@pytest.mark.parametrize('content', [b'garbage\n', b'hello world, not a checkpoint', b''])
+def test_a_file_that_is_not_a_checkpoint_is_damaged_not_dangerous(tmp_path, content):
+    from common import UserError, load_checkpoint
+
+    (tmp_path / 'ckpt.pt').write_bytes(content)
+    with pytest.raises(UserError, match=r'is damaged or not a checkpoint \(not a file torch.save wrote\)'):
+        load_checkpoint(str(tmp_path / 'ckpt.pt'))
+
+
+def test_a_cut_checkpoint_says_why_in_one_sentence(tmp_path):
+    import torch
+
+    from common import UserError, load_checkpoint
+
+    torch.save({'model': {'w': torch.zeros(1000)}, 'model_args': {}}, tmp_path / 'ckpt.pt')
+    data = (tmp_path / 'ckpt.pt').read_bytes()
+    (tmp_path / 'ckpt.pt').write_bytes(data[:len(data) // 2])
+    with pytest.raises(UserError) as e:
+        load_checkpoint(str(tmp_path / 'ckpt.pt'))
+    assert 'failed reading zip archive' in str(e.value) and 'miniz' not in str(e.value)
+
+
 @pytest.mark.parametrize('args, fragment', [
     (['--n_head=3'], 'n_embd=32 must be a multiple of n_head=3'),
     (['--eval_interval=0'], 'eval_interval=0 must be at least 1'),
