@@ -44,6 +44,9 @@ def run_main(main):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the reader of stdout went away (`--help | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or Python fails again flushing at exit
+        sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a program the closed pipe ended
 
 
 def print0(*args, **kwargs):

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
 from helpers import REPO, load_script, run_in_process, run_script
@@ -194,6 +198,16 @@ def test_prepare_text_help_lists_its_settings_and_touches_nothing(tmp_path, monk
         module.main(['--input=missing.txt', '-h'])
     assert e.value.code == 0 and "--tokenizer='char'" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('script', ['sample.py', 'data/prepare_text.py'])
+def test_help_into_a_closed_pipe_ends_quietly(script, tmp_path):
+    # `python sample.py --help | head -3`: the reader is gone before the help is written
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, script), '--help'], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and stderr == ''
 
 
 def test_help_on_the_real_command_line(tmp_path):
