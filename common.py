@@ -541,6 +541,8 @@ def read_or_download_text(path, url, name):
 
 def read_text(path, what='file'):
     """The text of a UTF-8 file; a missing file, or one in another encoding, is a UserError."""
+    if os.path.isdir(path):
+        raise UserError(f"{what} '{path}' is a folder; give the path of a file in it")
     if not os.path.isfile(path):
         raise UserError(f"{what} '{path}' not found")
     try:

@@ -255,3 +255,12 @@ def test_weights_stored_transposed_for_decoding_keep_their_values_names_and_toke
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     torch.testing.assert_close(model(prompt)[0], logits)
     assert torch.equal(model.generate(prompt, 20, temperature=0), tokens)
+
+
+def test_a_prompt_file_that_is_a_folder_says_so(tmp_path):
+    with pytest.raises(UserError, match=f"prompt file '{tmp_path}' is a folder; give the path of a file in it"):
+        sample.read_prompt(f'FILE:{tmp_path}')
+    with pytest.raises(UserError, match="prompt file 'nope.txt' not found"):
+        sample.read_prompt('FILE:nope.txt')
+    (tmp_path / 'p.txt').write_text('ROMEO:\n', encoding='utf-8')
+    assert sample.read_prompt(f'FILE:{tmp_path / "p.txt"}') == 'ROMEO:\n'
