@@ -411,6 +411,10 @@ def _temporary_files(out_dir):
     return [p for name in (BEST, LAST) for p in glob.glob(os.path.join(glob.escape(out_dir), name + '*.tmp'))]
 
 
+def no_checkpoint_error(path):
+    return UserError(f"no checkpoint at '{path}'; train first or point --out_dir at a run's folder")
+
+
 @contextmanager
 def own_out_dir(out_dir, resume, overwrite):
     """
@@ -418,6 +422,8 @@ def own_out_dir(out_dir, resume, overwrite):
     refused, a crashed one leaves nothing stuck), refuses a new run where one is already (unless overwrite,
     which deletes the old run's files), and deletes the temporary files of saves that were killed.
     """
+    if resume and not os.path.isdir(out_dir):  # a mistyped --out_dir: refused before it leaves a folder behind
+        raise no_checkpoint_error(os.path.join(out_dir, BEST))
     try:
         os.makedirs(out_dir, exist_ok=True)
         lock = open(os.path.join(out_dir, LOCK), 'a+')
@@ -473,7 +479,7 @@ def load_checkpoint(path, map_location='cpu'):
     """
     import torch
     if not os.path.isfile(path):
-        raise UserError(f"no checkpoint at '{path}'; train first or point --out_dir at a run's folder")
+        raise no_checkpoint_error(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=_can_map(path))
     except Exception as e:

@@ -238,6 +238,13 @@ def test_resume_in_float16_from_a_float32_run(char_data, monkeypatch):
 # -----------------------------------------------------------------------------
 # out_dir ownership and crash-safe saves
 
+def test_resuming_a_missing_out_dir_leaves_no_folder(char_data, monkeypatch):
+    monkeypatch.chdir(char_data)
+    with pytest.raises(UserError, match=r"no checkpoint at '.*out-typo/ckpt.pt'; train first"):
+        train.train(tiny_cfg(char_data, max_iters=2, init_from='resume', out_dir=char_data / 'out-typo'))
+    assert not (char_data / 'out-typo').exists()
+
+
 @pytest.mark.parametrize('kept', [('ckpt.pt', 'log.jsonl'), ('ckpt_last.pt',), ('log.jsonl',)])
 @pytest.mark.parametrize('init_from', ['scratch', 'hf'])
 def test_new_run_into_a_used_out_dir_is_refused(char_data, monkeypatch, kept, init_from):
