@@ -399,3 +399,16 @@ def test_optimizer_setting_is_checked():
         train.check_settings(muon_cfg(fsdp=True))
     with pytest.raises(ConfigError, match="optimizer='muon' does not work with lora_rank > 0"):
         train.check_settings(muon_cfg(lora_rank=4))
+
+
+def test_the_readme_adamw_command_is_the_adamw_cpu_config(monkeypatch):
+    """README gives nanoGPT's command for config/train_shakespeare_char_cpu_adamw.py: the same run, the same out_dir."""
+    import shlex
+
+    from configurator import parse_config
+    monkeypatch.chdir(REPO)
+    with open('README.md', encoding='utf-8') as f:
+        line = next(line for line in f if line.startswith('python train.py config/train_shakespeare_char.py --'))
+    readme = parse_config(train.DEFAULTS, shlex.split(line)[2:], train.TYPES)
+    config = parse_config(train.DEFAULTS, ['config/train_shakespeare_char_cpu_adamw.py'], train.TYPES)
+    assert {k for k in readme if readme[k] != config[k]} == {'log_interval', 'wandb_project', 'wandb_run_name'}
