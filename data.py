@@ -41,10 +41,12 @@ def load_meta(path):
         with open(path, 'rb') as f:
             meta = _PlainUnpickler(f).load()
     except (pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise UserError(f"'{path}' is damaged or holds more than plain data ({e}); run prepare.py again") from None
+        raise UserError(f"'{path}' is damaged or holds more than plain data ({e}); run "
+                        f"`{prepare_command(os.path.dirname(path), again=True)}` again") from None
     if not isinstance(meta, dict) or 'vocab_size' not in meta or \
             not ({'itos', 'stoi'} <= meta.keys() or 'tokenizer' in meta):
-        raise UserError(f"'{path}' lacks vocab_size, and itos and stoi or tokenizer; run prepare.py again")
+        raise UserError(f"'{path}' lacks vocab_size, and itos and stoi or tokenizer; run "
+                        f"`{prepare_command(os.path.dirname(path), again=True)}` again")
     return meta
 
 
@@ -265,6 +267,15 @@ def read_shard(path):
 # -----------------------------------------------------------------------------
 # batches
 
+def prepare_command(data_dir, again=False):
+    """The command that makes the dataset in data_dir: its own prepare.py, or data/prepare_text.py for a user's."""
+    name = os.path.basename(os.path.normpath(data_dir))
+    if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name, 'prepare.py')):
+        return f"python {os.path.join(data_dir, 'prepare.py')}"
+    # prepare_text.py replaces a dataset only when told to
+    return f"python data/prepare_text.py --input=PATH --dataset={name}" + (' --overwrite=True' if again else '')
+
+
 def data_files(data_dir, split):
     """
     A split's token files as (path, byte offset of the tokens, number of tokens): nanoGPT's one headerless
@@ -275,16 +286,12 @@ def data_files(data_dir, split):
     if os.path.isfile(path):
         if os.path.getsize(path) % 2:
             raise UserError(f"'{path}' has an odd number of bytes, so it is not whole uint16 tokens (cut short, or "
-                            f"not a token file); run `python {os.path.join(data_dir, 'prepare.py')}` again")
+                            f"not a token file); run `{prepare_command(data_dir, again=True)}` again")
         return [(path, 0, os.path.getsize(path) // 2)]
     shards = sorted(glob.glob(os.path.join(data_dir, f'*{split}*.bin')))
     if not shards:
-        name = os.path.basename(os.path.normpath(data_dir))
-        if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name, 'prepare.py')):
-            command = f"python {os.path.join(data_dir, 'prepare.py')}"
-        else:  # a dataset of the user's own
-            command = f"python data/prepare_text.py --input=PATH --dataset={name}"
-        raise UserError(f"no {split} data in '{data_dir}' ({split}.bin or *{split}*.bin shards); run `{command}` first")
+        raise UserError(f"no {split} data in '{data_dir}' ({split}.bin or *{split}*.bin shards); run "
+                        f"`{prepare_command(data_dir)}` first")
     return [(shard, SHARD_HEADER_BYTES, read_shard_header(shard)) for shard in shards]
 
 

@@ -8,8 +8,8 @@ import torch
 
 import train
 from common import UserError, load_checkpoint
-from data import (EVAL_BATCH, SHARD_HEADER_BYTES, TRAIN_BATCH, data_files, get_batch, read_shard, read_shard_header,
-                  write_shard)
+from data import (EVAL_BATCH, SHARD_HEADER_BYTES, TRAIN_BATCH, data_files, get_batch, load_meta, read_shard,
+                  read_shard_header, write_shard)
 from helpers import shard_dataset, shard_run
 
 
@@ -70,6 +70,19 @@ def test_data_files_headerless_bin_or_shards(tmp_path):
     with pytest.raises(UserError, match=r"no test data in .*run `python data/prepare_text.py --input=PATH "
                                         r"--dataset=.*` first"):
         data_files(str(tmp_path), 'test')
+
+
+def test_a_damaged_dataset_of_ones_own_names_prepare_text_to_remake_it(tmp_path):
+    mine = tmp_path / 'mytext'  # data/prepare_text.py's: no prepare.py of its own, which the message named
+    mine.mkdir()
+    (mine / 'train.bin').write_bytes(b'\x01\x00\x02')
+    with pytest.raises(UserError, match=r"odd number of bytes.*run `python data/prepare_text.py --input=PATH "
+                                        r"--dataset=mytext --overwrite=True` again"):
+        data_files(str(mine), 'train')
+    (mine / 'meta.pkl').write_bytes(b'junk')
+    with pytest.raises(UserError, match=r"meta.pkl' is damaged.*run `python data/prepare_text.py --input=PATH "
+                                        r"--dataset=mytext --overwrite=True` again"):
+        load_meta(str(mine / 'meta.pkl'))
 
 
 def test_one_shard_gives_the_batches_of_the_same_headerless_file(tmp_path):
