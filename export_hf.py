@@ -19,14 +19,14 @@ import os
 import torch
 
 import hf
-from common import DTYPES, UserError, load_checkpoint, run_main
+from common import BEST, DTYPES, UserError, checkpoint_path, load_checkpoint, run_main
 from configurator import as_namespace, config_from_globals, load_config
 from model import GPT
 from sample import find_tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the run to export
-checkpoint = 'ckpt.pt'  # or 'ckpt_last.pt': the final weights of a run whose last eval was not its best
+checkpoint = 'ckpt.pt'  # the best (ckpt_last.pt if a run has no ckpt.pt yet); 'ckpt_last.pt': a run's final weights
 hf_dir = None  # where to write the Hugging Face folder; None: out_dir + '-hf'
 overwrite = False  # replace a model already in hf_dir (its weight files are deleted)
 dtype = 'float32'  # of the written weights: 'float32', 'bfloat16' or 'float16' (half the size)
@@ -40,7 +40,9 @@ def export(cfg):
     cfg = as_namespace(cfg)
     if cfg.dtype not in DTYPES:
         raise UserError(f"unknown dtype '{cfg.dtype}'; use float32, bfloat16 or float16")
-    path = os.path.join(cfg.out_dir, cfg.checkpoint)
+    # the default reads what sample.py reads: ckpt.pt, or ckpt_last.pt in a run stopped before its first saved eval
+    path = (checkpoint_path(cfg.out_dir, 'use') if cfg.checkpoint == BEST
+            else os.path.join(cfg.out_dir, cfg.checkpoint))
     ckpt = load_checkpoint(path)
     # the training dropout goes into config.json, for finetuning with transformers
     model = GPT.from_checkpoint(ckpt, path, dropout=ckpt.get('config', {}).get('dropout', 0.0))

@@ -253,6 +253,15 @@ def test_export_half_precision(tmp_path):
     assert json.load(open(os.path.join(hf_dir, 'config.json')))['torch_dtype'] == 'bfloat16'
 
 
+def test_export_of_a_run_stopped_before_its_first_saved_eval(tmp_path):
+    """Only ckpt_last.pt (Ctrl-C before the first eval saved): exported by default, as sample.py samples it."""
+    model = write_checkpoint(tmp_path / 'out')
+    os.replace(tmp_path / 'out' / 'ckpt.pt', tmp_path / 'out' / 'ckpt_last.pt')
+    hf_dir = export_hf.export(dict(export_hf.DEFAULTS, out_dir=str(tmp_path / 'out')))
+    weights = hf.read_safetensors(os.path.join(hf_dir, 'model.safetensors'))
+    assert torch.equal(weights['transformer.wte.weight'], model.transformer.wte.weight.detach())
+
+
 def test_export_errors(tmp_path):
     with pytest.raises(UserError, match='no checkpoint at'):
         export_hf.export(dict(export_hf.DEFAULTS, out_dir=str(tmp_path)))
