@@ -69,7 +69,7 @@ class KVCache:
         """
         Whether update gives all max_len positions, the later ones masked: the same shapes at every position, for
         a compiled step (and no sync on a GPU). Else (eager on CPU) only the positions written so far: reading
-        the others cost about 4% of GPT-2's decode step.
+        the others cost 3 to 4% of GPT-2's decode step.
         """
         return torch.compiler.is_compiling() or device.type != 'cpu'
 

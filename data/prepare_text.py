@@ -334,6 +334,11 @@ def bpe_sample(pieces, num_bytes, max_bytes, counter):
             yield piece
 
 
+def count(n, noun):
+    """n and noun, plural but for one: '1 file', '2,000 files'."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 # each worker process builds its encoder once; the tasks carry only text
 _encode = None
 
@@ -389,7 +394,7 @@ def write_splits(cfg, files, num_docs, num_chars, vocab, total_bytes, out):
     tasks = make_tasks(split_corpus(read_corpus(files, cfg.text_field, cfg.errors), num_docs, num_chars,
                                     cfg.val_fraction))
     counts = {'train': 0, 'val': 0}
-    progress = Progress(f"tokenizing ({num_proc} worker{'s' if num_proc > 1 else ''})", total_bytes)
+    progress = Progress(f"tokenizing ({count(num_proc, 'worker')})", total_bytes)
     for split, ids, done in ordered_map(_encode_task, tasks, num_proc, _init_worker,
                                         (cfg.tokenizer, vocab, num_docs > 1)):
         counts[split] += out.write_tokens(f'{split}.bin', ids)
@@ -409,7 +414,7 @@ def prepare_text(cfg, data_root='data'):
     files = find_files(cfg.input)
     total_bytes = sum(os.path.getsize(f) for f in files)
     num_docs, num_chars, num_bytes, chars = scan(files, cfg, total_bytes)
-    print(f"{len(files):,} files, {num_docs:,} documents, {num_chars:,} characters")
+    print(f"{count(len(files), 'file')}, {count(num_docs, 'document')}, {count(num_chars, 'character')}")
     if num_docs == 0:
         raise UserError(f"no documents in {', '.join(cfg.input)} (only blank .jsonl lines); nothing to prepare")
     if (num_docs > 1 and max(1, round(num_docs * cfg.val_fraction)) >= num_docs) or \

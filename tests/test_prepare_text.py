@@ -419,3 +419,7 @@ def test_train_and_sample_on_a_prepared_chinese_corpus(tmp_path, tokenizer):
     assert r.returncode == 0, r.stderr
     samples = r.stdout.split('---------------')[:2]
     assert all(is_cjk(s) for s in samples) and samples[0].startswith('春')  # the checkpoint carries the vocabulary
+
+
+def test_counts_are_plural_but_for_one():
+    assert [pt.count(n, 'file') for n in (0, 1, 2, 2000)] == ['0 files', '1 file', '2 files', '2,000 files']
