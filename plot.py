@@ -81,8 +81,8 @@ def read_log(out_dir):
         except json.JSONDecodeError:
             record = None
         if not isinstance(record, dict):
-            if number == len(lines):
-                continue  # the last line, still being written by a running train.py
+            if number == len(lines) or record is None and line.startswith('{'):
+                continue  # the last line, still being written, or a record cut off when a run was killed
             raise UserError(f"'{path}' line {number} is not a JSON object; fix or delete that line")
         if 'val_loss' in record:
             evals[record['iter']] = record

@@ -631,6 +631,13 @@ def save_run(name, raw_model, optimizer, scaler, iter_num, best, tokenizer, cfg,
         os.remove(last)
 
 
+def ends_line(path):
+    """Whether the file at path (not empty) ends with a newline."""
+    with open(path, 'rb') as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b'\n'
+
+
 class RunLog:
     """
     The run's records: out_dir/log.jsonl and wandb, on the master process. A new run starts the file afresh, a
@@ -652,6 +659,8 @@ class RunLog:
         if not cfg.eval_only:
             self.path = os.path.join(cfg.out_dir, LOG)
             self.file = open(self.path, 'a' if cfg.init_from == 'resume' else 'w')
+            if self.file.tell() and not ends_line(self.path):
+                self.file.write('\n')  # a record cut off when the run was killed: the resumed ones start anew
 
     def __call__(self, record):
         if self.file:

@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+import plot
 import train
 from common import UserError, checkpoint_path, load_checkpoint
 from helpers import REPO, TINY, checksums, run_in_process, run_script, tiny_cfg, val_losses
@@ -466,3 +467,14 @@ def test_a_nanogpt_checkpoint_resumes_exactly(char_data, monkeypatch):
     assert resumed['iter_num'] == 8
     for (name, a), b in zip(straight.state_dict().items(), resumed['model'].state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_a_log_record_cut_off_by_a_kill_does_not_spoil_the_resumed_log(char_data, monkeypatch):
+    """The run is killed while it writes a log line; the resumed run's records start on a line of their own."""
+    monkeypatch.chdir(char_data)
+    train.train(tiny_cfg(char_data, max_iters=4))
+    log = char_data / 'out' / 'log.jsonl'
+    log.write_bytes(log.read_bytes()[:-7])  # the last record, cut off before its newline
+    train.train(tiny_cfg(char_data, max_iters=8, init_from='resume'))
+    steps, evals = plot.read_log(str(char_data / 'out'))
+    assert [r['iter'] for r in evals] == [0, 4, 8] and [r['iter'] for r in steps] == list(range(1, 9))
