@@ -106,16 +106,19 @@ class DatasetFiles:
 
     On leaving the block without an error the files are renamed into place, and the names in `replaces` that
     were not written this time are deleted (an old meta.pkl must not outlive its tokens); on an error the
-    temporary files are deleted.
+    temporary files are deleted, and the folder too if this made it and it is left empty.
     """
 
     def __init__(self, data_dir, replaces=()):
         self.data_dir, self.replaces, self.paths, self.handles = data_dir, replaces, {}, {}
+        self.made_dir = False  # whether data_dir is new: a failed first preparation removes it again
 
     def temp_path(self, name):
         """Where name is written until the end; named for this process, so two writers never share a file."""
         if name not in self.paths:
-            os.makedirs(self.data_dir, exist_ok=True)
+            if not os.path.isdir(self.data_dir):
+                os.makedirs(self.data_dir)
+                self.made_dir = True
             self.paths[name] = os.path.join(self.data_dir, f'{name}.{os.getpid()}.tmp')
         return self.paths[name]
 
@@ -144,6 +147,8 @@ class DatasetFiles:
             for path in self.paths.values():
                 if os.path.exists(path):
                     os.remove(path)
+            if self.made_dir and not os.listdir(self.data_dir):
+                os.rmdir(self.data_dir)
             return
         for name, path in self.paths.items():
             os.replace(path, os.path.join(self.data_dir, name))
@@ -218,6 +223,15 @@ class Progress:
         if self.shown:
             self._show(time.time())
             print(file=sys.stderr)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        elif self.shown:
+            print(file=sys.stderr)  # the error (or 'interrupted') then starts a line of its own
 
 
 # -----------------------------------------------------------------------------

@@ -187,16 +187,19 @@ SAFE_CUT = re.compile(r'[^\W_][^\w\s]')
 def document_pieces(blocks):
     """A document, from its text in blocks of any size, as (piece, ends_document) of about PIECE_CHARS each."""
     buffer = ''
-    for block in blocks:
+    searched = 0  # no safe place starts in buffer before this: searched once, never again (else megabytes
+    for block in blocks:  # without one would be searched again for every piece cut from them)
         buffer, start = buffer + block, 0
         while len(buffer) - start >= 2 * PIECE_CHARS:
-            match = SAFE_CUT.search(buffer, start + PIECE_CHARS)
-            if match is None and len(buffer) - start < MAX_PIECE_CHARS:
-                break  # read on to a safe place
+            match = SAFE_CUT.search(buffer, max(start + PIECE_CHARS, searched))
+            if match is None:
+                searched = len(buffer) - 1  # the last character may yet begin one, with the next block
+                if len(buffer) - start < MAX_PIECE_CHARS:
+                    break  # read on to a safe place
             cut = match.start() + 1 if match else start + PIECE_CHARS  # a text with no punctuation for megabytes
             yield buffer[start:cut], False
             start = cut
-        buffer = buffer[start:]
+        buffer, searched = buffer[start:], max(0, searched - start)
     yield buffer, True
 
 
@@ -227,15 +230,14 @@ def scan(files, cfg, total_bytes):
     tokenizer=char).
     """
     num_docs, num_chars, num_bytes, chars = 0, 0, 0, set()
-    progress = Progress('checking the input', total_bytes)
-    for piece, ends_document, done in read_corpus(files, cfg.text_field, cfg.errors):
-        num_docs += ends_document
-        num_chars += len(piece)
-        num_bytes += utf8_bytes(piece)
-        if cfg.tokenizer == 'char':
-            chars.update(piece)
-        progress(done)
-    progress.close()
+    with Progress('checking the input', total_bytes) as progress:
+        for piece, ends_document, done in read_corpus(files, cfg.text_field, cfg.errors):
+            num_docs += ends_document
+            num_chars += len(piece)
+            num_bytes += utf8_bytes(piece)
+            if cfg.tokenizer == 'char':
+                chars.update(piece)
+            progress(done)
     return num_docs, num_chars, num_bytes, chars
 
 
@@ -369,16 +371,14 @@ def make_vocab(cfg, files, chars, num_bytes, total_bytes, out):
     if cfg.tokenizer == 'gpt2':
         gpt2_encoding()  # loaded here first: worker processes forked from this one inherit it
         return None, None
-    progress = Progress('training the BPE', total_bytes)
-
-    def pieces():
+    def pieces(progress):
         for piece, _, done in read_corpus(files, cfg.text_field, cfg.errors):
             progress(done)
             yield piece
     taken = [0]
-    tok = train_bpe(bpe_sample(pieces(), num_bytes, cfg.bpe_train_bytes, taken), cfg.vocab_size,
-                    out.temp_path('tokenizer.json'))
-    progress.close()
+    with Progress('training the BPE', total_bytes) as progress:
+        tok = train_bpe(bpe_sample(pieces(progress), num_bytes, cfg.bpe_train_bytes, taken), cfg.vocab_size,
+                        out.temp_path('tokenizer.json'))
     if not taken[0]:
         raise UserError(f"bpe_train_bytes={cfg.bpe_train_bytes:,} holds no whole document (or piece of "
                         f"{PIECE_CHARS:,} characters) of the corpus to train the BPE on; raise it")
@@ -394,12 +394,11 @@ def write_splits(cfg, files, num_docs, num_chars, vocab, total_bytes, out):
     tasks = make_tasks(split_corpus(read_corpus(files, cfg.text_field, cfg.errors), num_docs, num_chars,
                                     cfg.val_fraction))
     counts = {'train': 0, 'val': 0}
-    progress = Progress(f"tokenizing ({count(num_proc, 'worker')})", total_bytes)
-    for split, ids, done in ordered_map(_encode_task, tasks, num_proc, _init_worker,
-                                        (cfg.tokenizer, vocab, num_docs > 1)):
-        counts[split] += out.write_tokens(f'{split}.bin', ids)
-        progress(done, f', {sum(counts.values()):,} tokens')
-    progress.close()
+    with Progress(f"tokenizing ({count(num_proc, 'worker')})", total_bytes) as progress:
+        for split, ids, done in ordered_map(_encode_task, tasks, num_proc, _init_worker,
+                                            (cfg.tokenizer, vocab, num_docs > 1)):
+            counts[split] += out.write_tokens(f'{split}.bin', ids)
+            progress(done, f', {sum(counts.values()):,} tokens')
     return counts
 
 

@@ -63,13 +63,12 @@ def write_split(out, name, documents, indices, num_proc=1, batch_docs=BATCH_DOCS
     that order, each batch as it comes back, so memory stays flat. Returns the number of tokens.
     """
     batches = (indices[i:i + batch_docs] for i in range(0, len(indices), batch_docs))
-    progress = Progress(name, len(indices), 'documents', delay=0)
     num_tokens, docs_done = 0, 0
-    for ids in ordered_map(_encode_batch, batches, num_proc, _init_worker, (documents,)):
-        num_tokens += out.write_tokens(name, ids)
-        docs_done = min(docs_done + batch_docs, len(indices))
-        progress(docs_done, f', {num_tokens:,} tokens')
-    progress.close()
+    with Progress(name, len(indices), 'documents', delay=0) as progress:
+        for ids in ordered_map(_encode_batch, batches, num_proc, _init_worker, (documents,)):
+            num_tokens += out.write_tokens(name, ids)
+            docs_done = min(docs_done + batch_docs, len(indices))
+            progress(docs_done, f', {num_tokens:,} tokens')
     return num_tokens
 
 
