@@ -116,9 +116,11 @@ class DatasetFiles:
     def temp_path(self, name):
         """Where name is written until the end; named for this process, so two writers never share a file."""
         if name not in self.paths:
-            if not os.path.isdir(self.data_dir):
+            try:
                 os.makedirs(self.data_dir)
                 self.made_dir = True
+            except FileExistsError:
+                pass
             self.paths[name] = os.path.join(self.data_dir, f'{name}.{os.getpid()}.tmp')
         return self.paths[name]
 
