@@ -26,10 +26,12 @@ import time
 
 import torch
 
-from common import UserError, return_freed_memory, run_main, setup
+from common import UserError, device_peak_flops, return_freed_memory, run_main, setup, threads_text
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
 from data import TRAIN_BATCH, data_files, get_batch
-from model import GPT, PADDED_VOCAB_SIZE, GPTConfig, add_lora, load_model
+from checkpoint import load_model
+from lora import add_lora
+from model import GPT, PADDED_VOCAB_SIZE, GPTConfig
 from quantize import check_quantize
 from sample import prepare_model
 from train import estimate_loss, train_step, wrap_model
@@ -148,7 +150,8 @@ def bench_train(cfg):
     t0 = time.perf_counter()
     loss = steps(cfg.num_steps, cfg.warmup_steps)
     dt = (time.perf_counter() - t0) / cfg.num_steps
-    mfu = raw_model.estimate_mfu(cfg.batch_size * cfg.gradient_accumulation_steps, dt, rt.dtype)
+    peak = device_peak_flops(rt)
+    mfu = raw_model.estimate_mfu(cfg.batch_size * cfg.gradient_accumulation_steps, dt, peak) if peak else None
     tokens = cfg.batch_size * cfg.gradient_accumulation_steps * cfg.block_size
     result = dict(ms_per_iter=dt * 1000, tokens_per_s=tokens / dt, mfu=mfu, loss=loss)
     mfu_text = f"{mfu * 100:.1f}%" if mfu is not None else 'n/a (unknown device peak)'
@@ -243,7 +246,7 @@ def bench_generate(cfg):
     print(f"generate: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, block {c.block_size}, vocab "
           f"{c.vocab_size} ({'random weights' if cfg.init_from == 'scratch' else cfg.init_from}); batch "
           f"{cfg.num_samples}, prompt {cfg.prompt_len}, {cfg.max_new_tokens} new tokens, greedy, {rt.dtype} on "
-          f"{rt.device} ({torch.get_num_threads()} threads)")
+          f"{rt.device} ({threads_text(torch.get_num_threads())})")
     fns = generation_paths(cfg, rt, model)
     if not fns:
         raise ConfigError(f"no path of paths={cfg.paths!r} can run here; add cache")

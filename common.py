@@ -1,30 +1,21 @@
 """
-What every script shares: user-facing errors, device, dtype and DDP setup, checkpoints, downloads.
+What every script shares: user-facing errors, device, dtype and DDP setup, peak FLOPS, downloads and files.
 The base of the project: it imports no module of it but configurator. torch is imported only by the functions
 that use it, so that the data preparation scripts, which need none of it, start in a second and stay small.
 """
 
 import datetime
-import glob
+import functools
 import hashlib
 import importlib.util
 import os
-import pickle
 import secrets
-import struct
 import sys
 import time
-import zipfile
-import zlib
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 
 from configurator import ConfigError
-
-try:
-    import fcntl  # the out_dir lock (POSIX)
-except ImportError:
-    fcntl = None
 
 
 class UserError(Exception):
@@ -53,6 +44,11 @@ def print0(*args, **kwargs):
     """print on the DDP master process only (or always, without DDP)."""
     if os.environ.get('RANK', '0').strip() in ('0', ''):
         print(*args, **kwargs)
+
+
+def threads_text(n):
+    """'1 thread' or 'n threads', for the lines that say what a process runs on."""
+    return f"{n} thread{'' if n == 1 else 's'}"
 
 
 # -----------------------------------------------------------------------------
@@ -246,257 +242,60 @@ def teardown(rt):
         torch.distributed.destroy_process_group()
 
 
-# -----------------------------------------------------------------------------
-# checkpoints
+# Dense peak FLOPS from NVIDIA's data sheets (the "with sparsity" figures halved), matched against the CUDA device
+# name in this order, the more specific names first: (16-bit: bfloat16, or float16 before Ampere; float32: TF32 on
+# the tensor cores from Ampere on, plain float32 before). GH200's GPU is an H100, close to the H200 figure.
+GPU_PEAK_FLOPS = {
+    'B200': (2250e12, 1125e12),
+    'H200 NVL': (835e12, 418e12),
+    'H100 NVL': (835e12, 418e12),
+    'H100 PCIe': (756e12, 378e12),
+    'H800 PCIe': (756e12, 378e12),
+    'H200': (989e12, 495e12),
+    'H100': (989e12, 495e12),
+    'H800': (989e12, 495e12),
+    'A100': (312e12, 156e12),
+    'A800': (312e12, 156e12),
+    'L40S': (362e12, 183e12),
+    'L40': (181e12, 90.5e12),
+    'L4': (121e12, 60e12),
+    'A10': (125e12, 62.5e12),
+    'V100': (125e12, 15.7e12),
+    'T4': (65e12, 8.1e12),
+}
 
-COMPILE_PREFIX = '_orig_mod.'  # torch.compile wraps the model and prefixes every parameter name with this
 
-
-def clean_state_dict(state_dict):
-    """A model state dict without torch.compile's prefix, whether it came from a compiled model or not."""
-    return {k.removeprefix(COMPILE_PREFIX): v for k, v in state_dict.items()}
-
-
-# A run's folder holds ckpt.pt, its best weights (or, with always_save_checkpoint, its latest), and, when the
-# latest state is not the best, ckpt_last.pt beside it. Which file to read depends on what it is read for.
-BEST, LAST = 'ckpt.pt', 'ckpt_last.pt'
-LOG = 'log.jsonl'
-LOCK = 'train.lock'  # held (flock) by the one run that writes the folder; the OS lets go when its process dies
-
-
-def checkpoint_path(out_dir, purpose):
+@functools.lru_cache(maxsize=None)
+def peak_flops(device_type, device_name='', dtype='bfloat16'):
     """
-    The checkpoint of the run in out_dir to read for purpose: 'resume' wants the newest state, the one of
-    ckpt.pt and ckpt_last.pt with the higher iter_num (a run killed between saving one and deleting the other
-    leaves both); 'use' (sample, evaluate, export) wants the best weights (ckpt.pt, or ckpt_last.pt in a run
-    stopped before its first saved eval).
+    The device's peak FLOPS for MFU in dtype (GPT.estimate_mfu): a table lookup on GPUs (float32 runs use TF32,
+    see setup), a quick float32 matmul measurement on CPU; None where it is unknown.
     """
-    assert purpose in ('resume', 'use')
-    best, last = os.path.join(out_dir, BEST), os.path.join(out_dir, LAST)
-    if purpose == 'resume' and os.path.exists(best) and os.path.exists(last):
-        return last if _iter_num(last, other=best) > _iter_num(best, other=last) else best
-    for path in ((last, best) if purpose == 'resume' else (best, last)):
-        if os.path.exists(path):
-            return path
-    return best  # neither: load_checkpoint says so
+    if device_type == 'cuda':
+        for name, flops in GPU_PEAK_FLOPS.items():
+            if name in device_name:
+                return flops[1] if dtype == 'float32' else flops[0]
+        return None
+    if device_type == 'cpu':
+        import torch
+        # 512x512 reaches about the peak of larger sizes here without MKL's extra buffers for big matmuls. The
+        # fastest of several: on a busy machine a mean would catch a slow moment and put MFU over 100%
+        a = torch.randn(512, 512)
+        a @ a  # warm up
+        times = []
+        for _ in range(16):
+            t0 = time.perf_counter()
+            a @ a
+            times.append(time.perf_counter() - t0)
+        return 2 * 512 ** 3 / min(times)
+    return None
 
 
-def _iter_num(path, other):
-    """A checkpoint's iter_num, read without loading its tensors; a file that cannot tell is a UserError."""
+def device_peak_flops(rt):
+    """peak_flops of rt's device (a Runtime, from setup) in its dtype; None where it is unknown."""
     import torch
-    try:
-        return int(torch.load(path, map_location='cpu', weights_only=True, mmap=_can_map(path))['iter_num'])
-    except Exception as e:
-        raise UserError(f"checkpoint '{path}' is damaged or has no iter_num ({_first_line(e)}); move it aside "
-                        f"to resume from '{other}' instead") from None
-
-
-def _first_line(e):
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def checkpoint_name(improved, always_save):
-    """The file a save writes: ckpt.pt for the best (or always-saved) weights, else ckpt_last.pt beside it."""
-    return BEST if improved or always_save else LAST
-
-
-def save_checkpoint(checkpoint, path):
-    """Write a checkpoint atomically (write_atomically): a crash, a kill or a full disk leaves the old one whole."""
-    import torch
-    write_atomically(path, lambda f: torch.save(checkpoint, f))
-
-
-def stream_checkpoint(checkpoint, path, whole, write=True):
-    """
-    save_checkpoint for a checkpoint of sharded tensors, without ever holding it whole: whole(t) gives tensor t's
-    full value (a collective, say), called for one tensor at a time, in the same order on every process that
-    calls this; only the one with write=True writes. The file is torch.save's own: written first without the
-    tensors' bytes (torch.serialization.skip_data), then each tensor's bytes at its place and its CRC-32.
-    """
-    import torch
-    tensors = list({id(t): t for t in _tensors(checkpoint)}.values())  # each once, tied weights too
-    if not write:
-        for t in tensors:
-            whole(t)
-        return
-
-    def write_file(f):
-        empty = {id(t): torch.empty(t.shape, dtype=t.dtype) for t in tensors}  # never touched: not resident
-        with torch.serialization.skip_data():
-            torch.save(_map_tensors(checkpoint, lambda t: empty[id(t)]), f)
-        f.flush()
-        skeleton = torch.load(f.name, map_location='meta', weights_only=True)  # storages know their file offsets
-        offsets = {id(t): m.untyped_storage()._checkpoint_offset
-                   for t, m in zip(_tensors(checkpoint), _tensors(skeleton))}
-        crcs = {}
-        for t in tensors:
-            data = memoryview(whole(t).detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-            f.seek(offsets[id(t)])
-            f.write(data)
-            crcs[offsets[id(t)]] = zlib.crc32(data)
-        _set_crcs(f, crcs)
-
-    write_atomically(path, write_file)
-
-
-def _map_tensors(obj, fn):
-    """obj with each tensor t in its dicts, lists and tuples replaced by fn(t)."""
-    import torch
-    if isinstance(obj, dict):
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_map_tensors(v, fn) for v in obj)
-    return fn(obj) if isinstance(obj, torch.Tensor) else obj
-
-
-def _tensors(obj):
-    """The tensors in obj's dicts, lists and tuples, in a fixed order."""
-    found = []
-    _map_tensors(obj, found.append)
-    return found
-
-
-def _set_crcs(f, crcs):
-    """
-    Write the CRC-32s of the records of a zip file f (open to read and write) whose data starts at the offsets in
-    crcs (offset: crc) into their local headers (or data descriptors) and central directory entries
-    (https://pkware.cachefly.net/webdocs/casestudies/APPNOTE.TXT, 4.3.7, 4.3.9, 4.3.12).
-    """
-    with zipfile.ZipFile(f.name) as z:
-        records, entry = z.infolist(), z.start_dir
-    for record in records:
-        f.seek(record.header_offset + 26)
-        name_length, extra_length = struct.unpack('<HH', f.read(4))
-        data = record.header_offset + 30 + name_length + extra_length
-        f.seek(entry + 28)
-        entry_end = entry + 46 + sum(struct.unpack('<HHH', f.read(6)))
-        if data in crcs:
-            local = record.header_offset + 14
-            if record.flag_bits & 8:  # the crc is in a data descriptor after the data (signed or not), not here
-                f.seek(data + record.file_size)
-                local = data + record.file_size + (4 if f.read(4) == b'PK\x07\x08' else 0)
-            for at in (local, entry + 16):
-                f.seek(at)
-                f.write(struct.pack('<I', crcs[data]))
-        entry = entry_end
-
-
-def write_atomically(path, write):
-    """
-    Call write(f) on a temporary file of this process's own (open to write and read), flush it to disk, then rename
-    it over path. A failed write (a full disk, say) or an interrupt deletes the temporary file and leaves the old
-    one: a UserError.
-    """
-    tmp = f'{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp'
-    try:
-        with open(tmp, 'xb+') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with suppress(FileNotFoundError):
-            os.remove(tmp)
-        if isinstance(e, (OSError, RuntimeError)):  # torch's zip writer reports a failed write as RuntimeError
-            raise UserError(f"could not write '{path}' ({_os_reason(e)}); the file there before, if any, is "
-                            f"intact: free disk space or fix the folder's permissions, then try again") from None
-        raise
-
-
-def _os_reason(e):
-    return e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
-
-
-def _temporary_files(out_dir):
-    return [p for name in (BEST, LAST) for p in glob.glob(os.path.join(glob.escape(out_dir), name + '*.tmp'))]
-
-
-def no_checkpoint_error(path):
-    return UserError(f"no checkpoint at '{path}'; train first or point --out_dir at a run's folder")
-
-
-@contextmanager
-def own_out_dir(out_dir, resume, overwrite):
-    """
-    Make out_dir this process's to write, for the with block: it takes the folder's lock (a second run is
-    refused, a crashed one leaves nothing stuck), refuses a new run where one is already (unless overwrite,
-    which deletes the old run's files), and deletes the temporary files of saves that were killed.
-    """
-    if resume and not os.path.isdir(out_dir):  # a mistyped --out_dir: refused before it leaves a folder behind
-        raise no_checkpoint_error(os.path.join(out_dir, BEST))
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        lock = open(os.path.join(out_dir, LOCK), 'a+')
-    except OSError as e:
-        raise UserError(f"cannot write to out_dir '{out_dir}' ({_os_reason(e)}); choose another --out_dir "
-                        f"or fix its permissions") from None
-    try:
-        _lock(lock, out_dir)
-        found = [name for name in (BEST, LAST, LOG) if os.path.exists(os.path.join(out_dir, name))]
-        if found and not resume:
-            if not overwrite:
-                raise UserError(f"out_dir '{out_dir}' already holds a run ({', '.join(found)}); resume it with "
-                                f"--init_from=resume, choose another --out_dir, or replace it with --overwrite=True")
-            for name in found:
-                os.remove(os.path.join(out_dir, name))
-        for path in _temporary_files(out_dir):  # the lock is ours: no other process is writing these
-            os.remove(path)
-        yield
-    finally:
-        lock.close()  # and with it the lock
-
-
-def _lock(lock, out_dir):
-    """Take the lock on the open file lock, or say which process holds it."""
-    if fcntl is None:  # Windows: no flock; the folder is not guarded
-        return
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or 'unknown'
-        raise UserError(f"out_dir '{out_dir}' is in use by another run (process {holder}); wait for it to "
-                        f"finish or choose another --out_dir") from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f'{os.getpid()}\n')
-    lock.flush()
-
-
-def _can_map(path):
-    """
-    Whether to load path memory-mapped: the tensors are read from the page cache as they are used, not copied into
-    each process's memory (8 processes resuming gpt2-xl with AdamW would hold 8 x 19 GB). It needs torch.save's
-    zip format, the default since PyTorch 1.6; Windows cannot replace a mapped file, which the next save does.
-    """
-    return os.name != 'nt' and zipfile.is_zipfile(path)
-
-
-def load_checkpoint(path, map_location='cpu'):
-    """
-    Read a checkpoint with weights_only=True, so that a file from elsewhere cannot run code.
-    A missing or damaged file is a UserError.
-    """
-    import torch
-    if not os.path.isfile(path):
-        raise no_checkpoint_error(path)
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=_can_map(path))
-    except Exception as e:
-        if isinstance(e, pickle.UnpicklingError) and 'GLOBAL' in str(e):  # weights_only names what it refuses
-            raise UserError(f"checkpoint '{path}' holds objects other than tensors and plain data, which could "
-                            f"run code when loaded; refusing it (load it yourself only if you trust its source)"
-                            ) from None
-        # a zip archive torch cannot read says why in its first sentence (the rest is advice to PyTorch's users);
-        # anything else (a text file, an empty one) was never written by torch.save
-        reason = _first_line(e).split('. ')[0] if isinstance(e, RuntimeError) else 'not a file torch.save wrote'
-        raise UserError(f"checkpoint '{path}' is damaged or not a checkpoint ({reason}); "
-                        f"use another checkpoint or train again") from None
-    missing = [k for k in ('model', 'model_args') if not isinstance(checkpoint, dict) or k not in checkpoint]
-    if missing:
-        raise UserError(f"checkpoint '{path}' lacks {', '.join(missing)}; it was not written by train.py")
-    checkpoint['model'] = clean_state_dict(checkpoint['model'])
-    return checkpoint
+    name = torch.cuda.get_device_name(rt.device) if rt.device_type == 'cuda' else ''
+    return peak_flops(rt.device_type, name, rt.dtype)
 
 
 # -----------------------------------------------------------------------------
@@ -622,3 +421,36 @@ def _verify(path, url, sha256, size):
         if h.hexdigest() != sha256:
             os.remove(path)
             raise UserError(f"download of {url} is corrupt (sha256 mismatch); deleted it, run again")
+
+
+# -----------------------------------------------------------------------------
+# files
+
+def first_line(e):
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def write_atomically(path, write):
+    """
+    Call write(f) on a temporary file of this process's own (open to write and read), flush it to disk, then rename
+    it over path. A failed write (a full disk, say) or an interrupt deletes the temporary file and leaves the old
+    one: a UserError.
+    """
+    tmp = f'{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp'
+    try:
+        with open(tmp, 'xb+') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with suppress(FileNotFoundError):
+            os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError)):  # torch's zip writer reports a failed write as RuntimeError
+            raise UserError(f"could not write '{path}' ({os_reason(e)}); the file there before, if any, is "
+                            f"intact: free disk space or fix the folder's permissions, then try again") from None
+        raise
+
+
+def os_reason(e):
+    return e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)

@@ -1,11 +1,13 @@
 """
 Token files, written by data/*/prepare.py and read by train.py: nanoGPT's headerless uint16 '{split}.bin',
 llm.c's headered shards (FineWeb), a dataset's meta.pkl (its vocabulary), and the random batches drawn from them;
-and what the prepare scripts share to write them: whole files or none, worker processes, a progress line.
+the tokenizer that decodes a model's tokens; and what the prepare scripts share to write them: whole files or
+none, worker processes, a progress line, and the auto-prepare of the small datasets.
 """
 
 import collections
 import glob
+import importlib.util
 import os
 import pickle
 import sys
@@ -90,6 +92,34 @@ def meta_vocab_size(data_dir):
     """The vocabulary size in the dataset's meta.pkl, or None for a dataset without one (GPT-2's BPE)."""
     path = os.path.join(data_dir, 'meta.pkl')
     return load_meta(path)['vocab_size'] if os.path.exists(path) else None
+
+
+def find_tokenizer(init_from, checkpoint, vocab_size):
+    """
+    What decodes a model's tokens, wherever this runs (sample.py, explain.py, export_hf.py): the tokenizer its
+    checkpoint carries; for an older checkpoint (nanoGPT's), its dataset's meta.pkl in this project's data folder;
+    for a Hugging Face folder (init_from), the tokenizer export_hf.py wrote there; else GPT-2's BPE, for a model
+    with GPT-2's vocabulary size.
+    """
+    import hf  # these import torch: only the scripts that load a model pay for it
+    from model import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE
+    gpt2_sizes = (GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE)
+    if checkpoint is not None and 'tokenizer' in checkpoint:
+        return checkpoint['tokenizer']
+    if checkpoint is not None:
+        data_dir = os.path.join(PROJECT_DIR, 'data', str(checkpoint.get('config', {}).get('dataset')))
+        if os.path.exists(os.path.join(data_dir, 'meta.pkl')):
+            print(f"Loading meta from {os.path.join(data_dir, 'meta.pkl')}...")
+            return dataset_tokenizer(data_dir)
+    elif os.path.isdir(init_from):
+        found = hf.read_tokenizer(init_from)  # a folder of GPT-2 itself may hold GPT-2's BPE as a tokenizer.json
+        if found and (found['kind'] == 'char' or vocab_size not in gpt2_sizes):
+            return found
+    if vocab_size in gpt2_sizes:
+        return {'kind': 'gpt2'}
+    raise UserError(f"no vocabulary found for this model of {vocab_size} tokens (not GPT-2's): its checkpoint "
+                    f"predates stored vocabularies and its dataset's meta.pkl is not in {PROJECT_DIR}/data; "
+                    f"put the meta.pkl there")
 
 
 # -----------------------------------------------------------------------------
@@ -282,6 +312,22 @@ def read_shard(path):
 
 # -----------------------------------------------------------------------------
 # batches
+
+SMALL_DATASETS = ('shakespeare_char', 'shakespeare')  # prepared by train.py itself when their files are missing
+
+
+def prepare_small_dataset(dataset, data_dir):
+    """Run a small dataset's prepare.py (Tiny Shakespeare's) when its token files are missing: a one-command start."""
+    if dataset not in SMALL_DATASETS or all(os.path.exists(os.path.join(data_dir, f'{s}.bin')) for s in SPLITS):
+        return
+    script = os.path.join(PROJECT_DIR, 'data', dataset, 'prepare.py')
+    print(f"data/{dataset} is not prepared yet: running data/{dataset}/prepare.py first")
+    spec = importlib.util.spec_from_file_location(f'prepare_{dataset}', script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    os.makedirs(data_dir, exist_ok=True)
+    module.prepare(data_dir)
+
 
 def prepare_command(data_dir, again=False):
     """The command that makes the dataset in data_dir: its own prepare.py, or data/prepare_text.py for a user's."""

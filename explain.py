@@ -23,7 +23,8 @@ from torch.nn import functional as F
 import sample
 from common import UserError, run_main, setup
 from configurator import ConfigError, as_namespace, config_from_globals, load_config
-from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, GPTConfig, filter_logits, load_model
+from checkpoint import load_model
+from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, GPTConfig, filter_logits
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), 'gpt2'..'gpt2-xl', or a Hugging Face GPT-2 folder

@@ -19,10 +19,10 @@ import os
 import torch
 
 import hf
-from common import BEST, DTYPES, UserError, checkpoint_path, load_checkpoint, run_main
+from checkpoint import BEST, checkpoint_path, load_checkpoint, model_from_checkpoint
+from common import DTYPES, UserError, run_main
 from configurator import as_namespace, config_from_globals, load_config
-from model import GPT
-from sample import find_tokenizer
+from data import find_tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the run to export
@@ -45,7 +45,7 @@ def export(cfg):
             else os.path.join(cfg.out_dir, cfg.checkpoint))
     ckpt = load_checkpoint(path)
     # the training dropout goes into config.json, for finetuning with transformers
-    model = GPT.from_checkpoint(ckpt, path, dropout=ckpt.get('config', {}).get('dropout', 0.0))
+    model = model_from_checkpoint(ckpt, path, dropout=ckpt.get('config', {}).get('dropout', 0.0))
     hf_dir = cfg.hf_dir or cfg.out_dir.rstrip('/\\') + '-hf'
     try:
         tokenizer = find_tokenizer('resume', ckpt, model.config.vocab_size)

@@ -20,9 +20,10 @@ from contextlib import nullcontext
 import torch
 from torch.nn import functional as F
 
+from checkpoint import load_model
 from common import UserError, download, gpt2_encoding, print0, run_main, setup
 from configurator import config_from_globals, load_config, require
-from model import GPT2_VOCAB_SIZE, load_model
+from model import GPT2_VOCAB_SIZE
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (the checkpoint in out_dir), a GPT-2 name ('gpt2', ...) or a local HF GPT-2 folder

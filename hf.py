@@ -1,7 +1,7 @@
 """
 Hugging Face's formats, with no transformers dependency: safetensors files, GPT-2's names and layout there,
 model folders (config.json plus weights), and downloads from the hub into a local cache.
-model.py's GPT.from_pretrained reads with this; export_hf.py writes with it.
+checkpoint.load_pretrained reads with this; export_hf.py writes with it.
 
 The cache is $NANOGPT_CACHE if set, else $HF_HOME/nanogpt (HF_HOME defaults to ~/.cache/huggingface).
 HF_ENDPOINT points at another hub (a mirror); HF_HUB_OFFLINE=1 allows no network at all.
@@ -36,7 +36,7 @@ def read_safetensors(path):
     """
     The tensors of a safetensors file, by name. Each is a view of its own copy-on-write memory map of the file,
     so a 6 GB checkpoint is paged in as it is used, not read into memory up front, and a tensor's pages leave
-    memory with the tensor (load_weights drops each one once copied).
+    memory with the tensor (GPT.from_pretrained drops each one once copied).
     """
     size = os.path.getsize(path)
     with open(path, 'rb') as f:
@@ -124,34 +124,6 @@ def to_hf(state_dict, dtype=torch.float32):
         if k.endswith(WITH_BIAS) and bias not in state_dict:
             hf_state_dict[bias] = torch.zeros(v.shape[0], dtype=dtype)  # out_features, or LayerNorm's width
     return hf_state_dict
-
-
-def load_weights(model, hf_state_dict, source):
-    """
-    Copy HF GPT-2 tensors into model; a missing, extra or misshapen tensor is a UserError naming source.
-    hf_state_dict is emptied, and each tensor dropped once copied: memory-mapped ones then leave memory one by
-    one, instead of the whole file staying in memory beside the model.
-    """
-    lm_head = hf_state_dict.get('lm_head.weight')
-    state_dict = from_hf(hf_state_dict)
-    hf_state_dict.clear()
-    wte = state_dict.get('transformer.wte.weight')
-    if lm_head is not None and wte is not None and not torch.equal(lm_head, wte):
-        raise UserError(f"'{source}' has an output layer apart from its token embedding; "
-                        f"model.py ties the two, like GPT-2")
-    del lm_head, wte
-    params = {k: v for k, v in model.state_dict().items() if k != 'lm_head.weight'}
-    missing, unexpected = sorted(params.keys() - state_dict.keys()), sorted(state_dict.keys() - params.keys())
-    if missing or unexpected:
-        raise UserError(f"'{source}' is not a GPT-2 model of the size its config gives: "
-                        f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-    with torch.no_grad():
-        for k in list(state_dict):
-            v = state_dict.pop(k)
-            if v.shape != params[k].shape:
-                raise UserError(f"'{source}': {k} has shape {tuple(v.shape)}, the config gives "
-                                f"{tuple(params[k].shape)}")
-            params[k].copy_(v)
 
 
 # -----------------------------------------------------------------------------

@@ -1,23 +1,20 @@
 """
-The full definition of a GPT language model, in one file.
-Parameter names follow OpenAI's GPT-2 checkpoint, so its weights load by name.
+The full definition of a GPT language model, in one file, in the order of the walkthrough: LayerNorm,
+CausalSelfAttention, MLP, Block, GPTConfig, GPT; then what generation needs (the KV cache, the sampling filters)
+and the chunked loss. Parameter names follow OpenAI's GPT-2 checkpoint, so its weights load by name.
+It imports nothing but PyTorch: copy it into another project and it works there.
 References:
 1) OpenAI's GPT-2 TensorFlow implementation: https://github.com/openai/gpt-2/blob/master/src/model.py
 2) "Language Models are Unsupervised Multitask Learners" (GPT-2 paper)
 """
 
-import functools
 import math
-import os
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
-
-from common import UserError, checkpoint_path, load_checkpoint
 
 
 class LayerNorm(nn.Module):
@@ -30,65 +27,6 @@ class LayerNorm(nn.Module):
 
     def forward(self, input):
         return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
-
-
-class KVCache:
-    """
-    One layer's keys and values at fixed positions, used by GPT.generate for one call only: it is not a module
-    buffer, so it costs no memory outside generation and the state dict does not change. The buffers have one
-    shape from start to end (B, nh, max_len, hs) and are written in place at the positions given, never
-    grown, so a compiled decode step, which attends to all of them, is one graph for every position (gpt-fast's
-    static cache).
-    """
-
-    def __init__(self, max_len):
-        self.max_len = max_len
-        self.k = self.v = None  # (B, nh, max_len, hs), allocated at the first update with k's dtype and device
-
-    def update(self, input_pos, k, v):
-        """
-        Store k and v (B, nh, T, hs) at positions input_pos (T), the positions before them written already;
-        return the keys and values (B, nh, L, hs) to attend to and the mask (T, L) of the ones each query sees
-        (None: all of them).
-        """
-        if self.k is None:
-            B, nh, _, hs = k.shape
-            # zeros, not empty: unwritten positions are masked out, but 0 * a NaN left in memory is still NaN
-            self.k = k.new_zeros(B, nh, self.max_len, hs)
-            self.v = v.new_zeros(B, nh, self.max_len, hs)
-        self.k[:, :, input_pos] = k
-        self.v[:, :, input_pos] = v
-        if self.static(k.device):
-            return self.k, self.v, input_pos[:, None] >= torch.arange(self.max_len, device=k.device)
-        n = int(input_pos[-1]) + 1
-        mask = input_pos[:, None] >= torch.arange(n, device=k.device) if k.size(2) > 1 else None
-        return self.k[:, :, :n], self.v[:, :, :n], mask
-
-    @staticmethod
-    def static(device):
-        """
-        Whether update gives all max_len positions, the later ones masked: the same shapes at every position, for
-        a compiled step (and no sync on a GPU). Else (eager on CPU) only the positions written so far: reading
-        the others cost 3 to 4% of GPT-2's decode step.
-        """
-        return torch.compiler.is_compiling() or device.type != 'cpu'
-
-
-LOGITS_PER_CHUNK = 2 ** 23  # chunked_cross_entropy's rows x vocab per chunk: 32 MB of float32 logits
-
-
-def chunked_cross_entropy(head, x, targets):
-    """F.cross_entropy(head(x), targets) (mean over the targets that are not -1), a chunk of rows at a time, each
-    chunk's logits recomputed in the backward pass instead of kept: the same loss and gradients to float rounding."""
-    x, targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)
-    rows = max(1, LOGITS_PER_CHUNK // head.out_features)
-
-    def chunk_loss(x, targets):
-        return F.cross_entropy(head(x), targets, ignore_index=-1, reduction='sum')
-
-    chunks = zip(x.split(rows), targets.split(rows))
-    total = sum(checkpoint(chunk_loss, xc, tc, use_reentrant=False) for xc, tc in chunks)
-    return total / (targets != -1).sum()
 
 
 class CausalSelfAttention(nn.Module):
@@ -170,52 +108,6 @@ class Block(nn.Module):
         return x
 
 
-class LoRALinear(nn.Module):
-    """
-    A Linear layer with a low-rank adapter (LoRA, Hu et al. 2021, https://arxiv.org/abs/2106.09685):
-    y = x W^T + b + (alpha / r) * dropout(x) A^T B^T, where only A (r, in) and B (out, r) train. B starts at
-    zero, so a new adapter leaves the model as it was. It keeps the Linear's own weight and bias, under their
-    names, so the state dict keeps GPT-2's names and gains '.lora_A' and '.lora_B' beside them.
-    """
-
-    def __init__(self, linear, rank, alpha, dropout):
-        super().__init__()
-        self.weight, self.bias = linear.weight, linear.bias
-        self.lora_A = nn.Parameter(torch.empty(rank, linear.in_features, device=linear.weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(linear.out_features, rank, device=linear.weight.device))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own init, as in the LoRA paper's code
-        self.scaling = alpha / rank
-        self.lora_dropout = nn.Dropout(dropout)
-
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias) + self.scaling * (self.lora_dropout(x) @ self.lora_A.t()
-                                                                     @ self.lora_B.t())
-
-
-LORA_TARGETS = ('c_attn', 'c_proj', 'c_fc')  # the Linears that can get adapters; lm_head is tied to wte
-
-
-def add_lora(model, rank, alpha, dropout, targets=('c_attn',)):
-    """Freeze all of model's weights and put a trainable adapter on each Linear named in targets."""
-    assert set(targets) <= set(LORA_TARGETS), targets
-    model.requires_grad_(False)
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if name in targets and isinstance(child, nn.Linear):
-                setattr(module, name, LoRALinear(child, rank, alpha, dropout))
-    return model
-
-
-def merge_lora(state_dict, scaling):
-    """The state dict of a model with adapters as plain GPT weights: each adapted W becomes W + scaling * B A."""
-    merged = {k: v for k, v in state_dict.items() if not k.endswith(('.lora_A', '.lora_B'))}
-    for k, A in state_dict.items():
-        if k.endswith('.lora_A'):
-            layer = k.removesuffix('lora_A')
-            merged[layer + 'weight'] = state_dict[layer + 'weight'] + scaling * (state_dict[layer + 'lora_B'] @ A)
-    return merged
-
-
 GPT2_VOCAB_SIZE = 50257  # GPT-2's BPE: 50,000 merges, 256 bytes and <|endoftext|>
 PADDED_VOCAB_SIZE = 50304  # GPT-2's, padded up to a multiple of 64 for faster matmuls
 
@@ -234,111 +126,14 @@ class GPTConfig:
 MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')  # a checkpoint's model_args
 
 
-def check_model_args(args, source):
-    """Model arguments read from a file (source) that can build a GPT; anything else is a UserError."""
-    bad = [f"{k}={args[k]!r}" for k in MODEL_ARGS if k != 'bias' and (type(args[k]) is not int or args[k] < 1)]
-    if type(args['bias']) is not bool:
-        bad.append(f"bias={args['bias']!r}")
-    if not bad and args['n_embd'] % args['n_head']:
-        bad.append(f"n_embd={args['n_embd']} with n_head={args['n_head']} (not a multiple)")
-    if bad:
-        raise UserError(f"'{source}' describes a model that cannot be built ({', '.join(bad)}); it is damaged or "
-                        f"not a GPT-2 model: use another")
-
-
 # OpenAI's four GPT-2 checkpoints (layers and widths as in the GPT-2 paper, Table 2); all have GPT-2's
-# 50257-token vocabulary, 1024 positions and biases. GPT.from_pretrained downloads them from the Hugging Face hub.
+# 50257-token vocabulary, 1024 positions and biases. hf.load_pretrained downloads them from the Hugging Face hub.
 GPT2_SIZES = {
     'gpt2': dict(n_layer=12, n_head=12, n_embd=768),  # 124M params
     'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),  # 350M params
     'gpt2-large': dict(n_layer=36, n_head=20, n_embd=1280),  # 774M params
     'gpt2-xl': dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
 }
-
-
-# Dense peak FLOPS from NVIDIA's data sheets (the "with sparsity" figures halved), matched against the CUDA device
-# name in this order, the more specific names first: (16-bit: bfloat16, or float16 before Ampere; float32: TF32 on
-# the tensor cores from Ampere on, plain float32 before). GH200's GPU is an H100, close to the H200 figure.
-GPU_PEAK_FLOPS = {
-    'B200': (2250e12, 1125e12),
-    'H200 NVL': (835e12, 418e12),
-    'H100 NVL': (835e12, 418e12),
-    'H100 PCIe': (756e12, 378e12),
-    'H800 PCIe': (756e12, 378e12),
-    'H200': (989e12, 495e12),
-    'H100': (989e12, 495e12),
-    'H800': (989e12, 495e12),
-    'A100': (312e12, 156e12),
-    'A800': (312e12, 156e12),
-    'L40S': (362e12, 183e12),
-    'L40': (181e12, 90.5e12),
-    'L4': (121e12, 60e12),
-    'A10': (125e12, 62.5e12),
-    'V100': (125e12, 15.7e12),
-    'T4': (65e12, 8.1e12),
-}
-
-
-@functools.lru_cache(maxsize=None)
-def peak_flops(device_type, device_name='', dtype='bfloat16'):
-    """
-    The device's peak FLOPS for MFU in dtype: a table lookup on GPUs (float32 runs use TF32, see common.setup),
-    a quick float32 matmul measurement on CPU.
-    """
-    if device_type == 'cuda':
-        for name, flops in GPU_PEAK_FLOPS.items():
-            if name in device_name:
-                return flops[1] if dtype == 'float32' else flops[0]
-        return None
-    if device_type == 'cpu':
-        # 512x512 reaches about the peak of larger sizes here without MKL's extra buffers for big matmuls. The
-        # fastest of several: on a busy machine a mean would catch a slow moment and put MFU over 100%
-        a = torch.randn(512, 512)
-        a @ a  # warm up
-        times = []
-        for _ in range(16):
-            t0 = time.perf_counter()
-            a @ a
-            times.append(time.perf_counter() - t0)
-        return 2 * 512 ** 3 / min(times)
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def has_fused_adamw(device_type):
-    """Whether this PyTorch has a fused AdamW kernel for device_type: CUDA's came in PyTorch 2.0, CPU's in 2.4."""
-    if device_type == 'cuda':
-        return True  # known without putting a tensor on a GPU (the tests stand in for one)
-    try:
-        torch.optim.AdamW([torch.zeros(1, device=device_type, requires_grad=True)], fused=True)
-    except (RuntimeError, TypeError):  # the kernel is missing for this device, or the argument for this PyTorch
-        return False
-    return True
-
-
-def filter_logits(logits, top_k=None, top_p=None):
-    """New logits (b, vocab_size) with the tokens that top_k, then top_p, leave out set to -inf."""
-    if top_k is not None:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits = logits.masked_fill(logits < v[:, [-1]], -float('Inf'))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
-        sorted_probs = F.softmax(sorted_logits, dim=-1)
-        # drop a token once the more likely ones add up to more than top_p; the most likely one always stays
-        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
-        logits = logits.scatter(-1, sorted_idx, sorted_logits.masked_fill(drop, -float('Inf')))
-    return logits
-
-
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick one token per row of logits (b, vocab_size): returns (b, 1)."""
-    if temperature == 0 or top_k == 1:
-        return logits.argmax(dim=-1, keepdim=True)
-    probs = F.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
-    if generator is not None and generator.device != probs.device:
-        # multinomial draws on its generator's device: a CPU generator samples GPU logits on the CPU
-        return torch.multinomial(probs.to(generator.device), 1, generator=generator).to(probs.device)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
 class GPT(nn.Module):
@@ -425,45 +220,29 @@ class GPT(nn.Module):
         return logits, loss
 
     @classmethod
-    def from_pretrained(cls, model_type, override_args=None):
+    def from_pretrained(cls, config_args, state_dict, override_args=None):
         """
-        OpenAI's GPT-2 by name ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'), downloaded once into a local
-        cache, or any GPT-2-architecture model in a Hugging Face folder on disk (config.json plus weights).
-        hf.py reads Hugging Face's files and maps their names and layout onto this model's.
+        A GPT with pretrained weights: GPTConfig's arguments and a state dict in this model's names and layout, as
+        hf.load_pretrained reads them for OpenAI's GPT-2 by name or a Hugging Face folder (Hugging Face's GPT-2
+        stores c_attn, c_fc and c_proj as Conv1D, whose weight is the transpose of nn.Linear's). Only dropout can
+        be overridden. state_dict is emptied, each tensor dropped once copied: memory-mapped ones then leave
+        memory one by one. A missing, extra or misshapen tensor is a ValueError.
         """
-        import hf  # only pretrained models need it
         override_args = override_args or {}
         if set(override_args) - {'dropout'}:
             raise ValueError(f"only dropout can be overridden, not {sorted(set(override_args) - {'dropout'})}")
-        if model_type in GPT2_SIZES:
-            config_args = dict(GPT2_SIZES[model_type], vocab_size=GPT2_VOCAB_SIZE, block_size=1024, bias=True)
-            weights = hf.read_safetensors(hf.gpt2_safetensors(model_type))
-        else:
-            config_args = hf.read_config(model_type)
-            weights = hf.read_weights(model_type)
-        print(f"loading weights from pretrained gpt: {model_type}")
-        check_model_args(config_args, os.path.join(model_type, 'config.json'))
         model = cls(GPTConfig(**config_args, **override_args))
-        hf.load_weights(model, weights, source=model_type)
-        return model
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint, path, dropout=0.0):
-        """The GPT a checkpoint (from common.load_checkpoint) holds; one that does not fit is a UserError."""
-        missing = [k for k in MODEL_ARGS if k not in checkpoint['model_args']]
-        if missing:
-            raise UserError(f"checkpoint '{path}' has no {', '.join(missing)} in its model_args; it was not "
-                            f"written by train.py")
-        model_args = {k: checkpoint['model_args'][k] for k in MODEL_ARGS}
-        check_model_args(model_args, path)
-        model = cls(GPTConfig(**model_args, dropout=dropout))
-        # old nanoGPT checkpoints carry the fallback attention's causal mask as 'attn.bias'; it is not a weight
-        state_dict = {k: v for k, v in checkpoint['model'].items() if not k.endswith('.attn.bias')}
-        try:
-            model.load_state_dict(state_dict)
-        except RuntimeError as e:
-            raise UserError(f"checkpoint '{path}' does not match its own model_args "
-                            f"({str(e).splitlines()[0]}); use another checkpoint") from None
+        params = {k: v for k, v in model.state_dict().items() if k != 'lm_head.weight'}  # tied to wte
+        missing, unexpected = sorted(params.keys() - state_dict.keys()), sorted(state_dict.keys() - params.keys())
+        if missing or unexpected:
+            raise ValueError(f"is not a GPT-2 model of the size its config gives: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}")
+        with torch.no_grad():
+            for k in list(state_dict):
+                v = state_dict.pop(k)
+                if v.shape != params[k].shape:
+                    raise ValueError(f"{k} has shape {tuple(v.shape)}, the config gives {tuple(params[k].shape)}")
+                params[k].copy_(v)
         return model
 
     def crop_block_size(self, block_size):
@@ -486,18 +265,15 @@ class GPT(nn.Module):
         extra_args = dict(fused=True) if has_fused_adamw(device_type) else dict()
         return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt, dtype='bfloat16'):
-        """Model FLOPs utilization: achieved FLOPS over the device's peak in dtype, or None where it is unknown."""
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
+        """Model FLOPs utilization: achieved FLOPS over the device's peak_flops (common.peak_flops)."""
         # FLOPs per token from the PaLM paper, Appendix B: 6N for the matmuls plus the attention scores
         cfg = self.config
         N = self.get_num_params()
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
         flops_per_token = 6 * N + 12 * L * H * Q * T
         flops_per_iter = flops_per_token * T * fwdbwd_per_iter
-        device = self.lm_head.weight.device
-        name = torch.cuda.get_device_name(device) if device.type == 'cuda' else ''
-        peak = peak_flops(device.type, name, dtype)
-        return None if peak is None else flops_per_iter / dt / peak
+        return flops_per_iter / dt / peak_flops
 
     # -------------------------------------------------------------------------
     # generation, in gpt-fast's named steps: prefill the cache with the prompt, then decode one token at a time
@@ -577,21 +353,96 @@ class GPT(nn.Module):
                 return
 
 
-def load_model(init_from, out_dir, purpose='use', dropout=0.0):
+class KVCache:
     """
-    A trained or pretrained GPT: the run in out_dir ('resume'; its checkpoint for purpose, see
-    common.checkpoint_path), OpenAI's GPT-2 by name, or a Hugging Face GPT-2 folder.
-    Returns (model, checkpoint), the checkpoint None for a pretrained model.
+    One layer's keys and values at fixed positions, used by GPT.generate for one call only: it is not a module
+    buffer, so it costs no memory outside generation and the state dict does not change. The buffers have one
+    shape from start to end (B, nh, max_len, hs) and are written in place at the positions given, never
+    grown, so a compiled decode step, which attends to all of them, is one graph for every position (gpt-fast's
+    static cache).
     """
-    if init_from == 'resume':
-        path = checkpoint_path(out_dir, purpose)
-        checkpoint = load_checkpoint(path)
-        missing = [k for k in ('optimizer', 'iter_num') if k not in checkpoint]
-        if purpose == 'resume' and missing:
-            raise UserError(f"checkpoint '{path}' has no {' or '.join(missing)}: it holds weights to use, not a run "
-                            f"to resume; sample or export it, or start a new run")
-        return GPT.from_checkpoint(checkpoint, path, dropout), checkpoint
-    if init_from in GPT2_SIZES or os.path.isdir(init_from):
-        return GPT.from_pretrained(init_from, dict(dropout=dropout)), None
-    raise UserError(f"unknown init_from '{init_from}'; use 'resume', one of {', '.join(GPT2_SIZES)}, "
-                    f"or a Hugging Face model folder")
+
+    def __init__(self, max_len):
+        self.max_len = max_len
+        self.k = self.v = None  # (B, nh, max_len, hs), allocated at the first update with k's dtype and device
+
+    def update(self, input_pos, k, v):
+        """
+        Store k and v (B, nh, T, hs) at positions input_pos (T), the positions before them written already;
+        return the keys and values (B, nh, L, hs) to attend to and the mask (T, L) of the ones each query sees
+        (None: all of them).
+        """
+        if self.k is None:
+            B, nh, _, hs = k.shape
+            # zeros, not empty: unwritten positions are masked out, but 0 * a NaN left in memory is still NaN
+            self.k = k.new_zeros(B, nh, self.max_len, hs)
+            self.v = v.new_zeros(B, nh, self.max_len, hs)
+        self.k[:, :, input_pos] = k
+        self.v[:, :, input_pos] = v
+        if self.static(k.device):
+            return self.k, self.v, input_pos[:, None] >= torch.arange(self.max_len, device=k.device)
+        n = int(input_pos[-1]) + 1
+        mask = input_pos[:, None] >= torch.arange(n, device=k.device) if k.size(2) > 1 else None
+        return self.k[:, :, :n], self.v[:, :, :n], mask
+
+    @staticmethod
+    def static(device):
+        """
+        Whether update gives all max_len positions, the later ones masked: the same shapes at every position, for
+        a compiled step (and no sync on a GPU). Else (eager on CPU) only the positions written so far: reading
+        the others cost 3 to 4% of GPT-2's decode step.
+        """
+        return torch.compiler.is_compiling() or device.type != 'cpu'
+
+
+LOGITS_PER_CHUNK = 2 ** 23  # chunked_cross_entropy's rows x vocab per chunk: 32 MB of float32 logits
+
+
+def chunked_cross_entropy(head, x, targets):
+    """F.cross_entropy(head(x), targets) (mean over the targets that are not -1), a chunk of rows at a time, each
+    chunk's logits recomputed in the backward pass instead of kept: the same loss and gradients to float rounding."""
+    x, targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)
+    rows = max(1, LOGITS_PER_CHUNK // head.out_features)
+
+    def chunk_loss(x, targets):
+        return F.cross_entropy(head(x), targets, ignore_index=-1, reduction='sum')
+
+    chunks = zip(x.split(rows), targets.split(rows))
+    total = sum(checkpoint(chunk_loss, xc, tc, use_reentrant=False) for xc, tc in chunks)
+    return total / (targets != -1).sum()
+
+
+def filter_logits(logits, top_k=None, top_p=None):
+    """New logits (b, vocab_size) with the tokens that top_k, then top_p, leave out set to -inf."""
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, [-1]], -float('Inf'))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = F.softmax(sorted_logits, dim=-1)
+        # drop a token once the more likely ones add up to more than top_p; the most likely one always stays
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
+        logits = logits.scatter(-1, sorted_idx, sorted_logits.masked_fill(drop, -float('Inf')))
+    return logits
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick one token per row of logits (b, vocab_size): returns (b, 1)."""
+    if temperature == 0 or top_k == 1:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = F.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
+    if generator is not None and generator.device != probs.device:
+        # multinomial draws on its generator's device: a CPU generator samples GPU logits on the CPU
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).to(probs.device)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def has_fused_adamw(device_type):
+    """Whether this PyTorch has a fused AdamW kernel for device_type: CUDA's came in PyTorch 2.0, CPU's in 2.4."""
+    if device_type == 'cuda':
+        return True  # known without putting a tensor on a GPU (the tests stand in for one)
+    try:
+        torch.optim.AdamW([torch.zeros(1, device=device_type, requires_grad=True)], fused=True)
+    except (RuntimeError, TypeError):  # the kernel is missing for this device, or the argument for this PyTorch
+        return False
+    return True

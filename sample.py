@@ -9,16 +9,14 @@ $ python sample.py --init_from=gpt2-xl --start="What is the answer to life, the 
 The samples are generated as one batch; the first is printed as its tokens arrive, the others when it is done.
 """
 
-import os
 import re
 
 import torch
 
-import hf
 from common import UserError, gpt2_encoding, read_text, run_main, setup
 from configurator import SEED_RANGE, as_namespace, config_from_globals, load_config, require
-from data import PROJECT_DIR, dataset_tokenizer, import_tokenizers
-from model import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, load_model
+from checkpoint import load_model
+from data import find_tokenizer, import_tokenizers
 from quantize import check_quantize, quantize_model
 
 # -----------------------------------------------------------------------------
@@ -60,30 +58,6 @@ def load_sampled_model(cfg):
                         f"{len(tokenizer['chars'])} characters: the table was made for another model; sample with "
                         f"the dataset the model was trained on")
     return model, tokenizer
-
-
-def find_tokenizer(init_from, checkpoint, vocab_size):
-    """
-    What decodes the model's tokens, wherever this runs: the tokenizer its checkpoint carries; for an older
-    checkpoint (nanoGPT's), its dataset's meta.pkl in this project's data folder; for a Hugging Face folder, the
-    tokenizer export_hf.py wrote there; else GPT-2's BPE, for a model with GPT-2's vocabulary size.
-    """
-    if checkpoint is not None and 'tokenizer' in checkpoint:
-        return checkpoint['tokenizer']
-    if checkpoint is not None:
-        data_dir = os.path.join(PROJECT_DIR, 'data', str(checkpoint.get('config', {}).get('dataset')))
-        if os.path.exists(os.path.join(data_dir, 'meta.pkl')):
-            print(f"Loading meta from {os.path.join(data_dir, 'meta.pkl')}...")
-            return dataset_tokenizer(data_dir)
-    elif os.path.isdir(init_from):
-        found = hf.read_tokenizer(init_from)  # a folder of GPT-2 itself may hold GPT-2's BPE as a tokenizer.json
-        if found and (found['kind'] == 'char' or vocab_size not in (GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE)):
-            return found
-    if vocab_size in (GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE):
-        return {'kind': 'gpt2'}
-    raise UserError(f"no vocabulary found for this model of {vocab_size} tokens (not GPT-2's): its checkpoint "
-                    f"predates stored vocabularies and its dataset's meta.pkl is not in {PROJECT_DIR}/data; "
-                    f"put the meta.pkl there")
 
 
 def prepare_model(model, rt, quantize_mode=None, compile=False):

@@ -18,7 +18,6 @@ A run is a function of its settings and seed: every batch, and every dropout mas
 
 import functools
 import gc
-import importlib.util
 import json
 import math
 import os
@@ -30,19 +29,19 @@ from contextlib import ExitStack, suppress
 
 import numpy as np
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.tensor import DTensor
+from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import (BEST, LAST, LOG, UserError, all_or_none, checkpoint_name, checkpoint_path, compile_blocker,
-                    dist_env, local_rank0_first, own_out_dir, print0, return_freed_memory, run_main, save_checkpoint,
-                    setup, stream_checkpoint, teardown)
+from checkpoint import (BEST, LAST, LOG, MODEL_ARGS, checkpoint_name, checkpoint_path, load_model, load_optimizer_state,
+                        model_state, own_out_dir, save_state)
+from common import (UserError, all_or_none, compile_blocker, device_peak_flops, dist_env, local_rank0_first, print0,
+                    return_freed_memory, run_main, setup, teardown, threads_text)
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
 from data import (DROPOUT, EVAL_BATCH, PROJECT_DIR, SPLITS, TRAIN_BATCH, data_files, dataset_tokenizer, get_batch,
-                  meta_vocab_size)
-from model import (GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, LORA_TARGETS, MODEL_ARGS, PADDED_VOCAB_SIZE, GPTConfig,
-                   add_lora, load_model, merge_lora)
+                  meta_vocab_size, prepare_small_dataset)
+from lora import LORA_TARGETS, init_lora, lora_checkpoint, lora_target_names
+from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig
+from optim import configure_optimizer
 
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText
@@ -107,7 +106,184 @@ fsdp = False  # under torchrun: shard weights, gradients and optimizer state ove
 # -----------------------------------------------------------------------------
 DEFAULTS = config_from_globals(globals())
 TYPES = {'compile': bool, 'hellaswag_examples': int}
-SMALL_DATASETS = ('shakespeare_char', 'shakespeare')  # prepared by train.py itself when their files are missing
+
+
+# -----------------------------------------------------------------------------
+# the run
+
+def train(cfg):
+    """Run training with the settings in cfg (a dict or namespace). Returns the final state as a dict."""
+    cfg = as_namespace(cfg)
+    check_settings(cfg)
+    world_size = dist_env()[3]
+    if cfg.gradient_accumulation_steps % world_size:
+        raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide among "
+                        f"{world_size} processes; make it a multiple of {world_size}")
+    if cfg.fsdp and cfg.eval_iters % world_size:  # every FSDP process must run the same number of forwards
+        raise UserError(f"eval_iters={cfg.eval_iters} does not divide among {world_size} FSDP processes; "
+                        f"make it a multiple of {world_size}")
+    if cfg.fsdp or cfg.lora_rank or cfg.gradient_checkpointing:
+        return_freed_memory()  # before the model's tensors are made
+    rt = setup(cfg.device, cfg.dtype, cfg.backend)
+    try:
+        with ExitStack() as owned:
+            # the master process writes out_dir, and owns it while it does; an eval-only run writes nothing
+            error = None
+            if rt.master and not cfg.eval_only:
+                try:
+                    owned.enter_context(own_out_dir(cfg.out_dir, cfg.init_from == 'resume', cfg.overwrite))
+                except UserError as e:
+                    error = e
+            all_or_none(rt, error)  # a refused out_dir stops every process
+            with StopRequest() as stop:
+                return train_loop(cfg, rt, stop)
+    finally:
+        teardown(rt)
+
+
+def start_run(cfg, rt):
+    """
+    Everything a run starts from: the data's files, the model (plain and as trained), the optimizer and scaler,
+    the iteration and best (val loss, iteration) to go on from, and the HellaSwag examples when they are scored.
+    """
+    data_dir = os.path.join('data', cfg.dataset)
+    local_rank0_first(rt, lambda: prepare_small_dataset(cfg.dataset, data_dir))  # one process per node prepares
+    data_vocab_size = meta_vocab_size(data_dir)
+    if rt.ddp and cfg.init_from in GPT2_SIZES:
+        import hf  # one process per node downloads OpenAI's weights into the cache while the others wait
+        local_rank0_first(rt, lambda: hf.gpt2_safetensors(cfg.init_from))
+    torch.manual_seed(cfg.seed)  # the same initial weights on every process
+    raw_model, checkpoint = init_model(cfg, data_vocab_size)
+    fit_model(raw_model, checkpoint, cfg, data_vocab_size)
+    if checkpoint is not None:
+        check_resume(cfg, checkpoint)
+    files = {split: data_files(data_dir, split) for split in SPLITS}
+    init_lora(raw_model, checkpoint, cfg)
+    raw_model.gradient_checkpointing = cfg.gradient_checkpointing
+    raw_model.to(rt.device)
+    hellaswag_set = load_hellaswag(cfg, raw_model, rt) if cfg.eval_hellaswag else None
+    model = wrap_model(raw_model, cfg.compile, rt, cfg.fsdp)
+    optimizer, scaler = init_optimizer(raw_model, checkpoint, cfg, rt)
+    iter_num, best = 0, (float('inf'), None)
+    if checkpoint is not None:
+        iter_num, best = int(checkpoint['iter_num']), (float(checkpoint.get('best_val_loss', math.inf)),
+                                                        checkpoint.get('best_iter'))
+    return files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set
+
+
+def train_loop(cfg, rt, stop):
+    accum_steps = cfg.gradient_accumulation_steps // rt.world_size  # micro-steps on each process
+    files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set = start_run(cfg, rt)
+    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * raw_model.config.block_size
+    for line in run_header(cfg, rt, raw_model, model, files, tokens_per_iter, iter_num, best) + schedule_warnings(cfg):
+        print0(line)
+    tokenizer = dataset_tokenizer(os.path.join('data', cfg.dataset))  # read once: the data may go during the run
+    # the batch of (iteration, micro-step), a function of the seed alone: the same for 1 or N processes
+    train_batch = functools.partial(get_batch, files['train'], cfg.batch_size, raw_model.config.block_size,
+                                    cfg.seed, TRAIN_BATCH, device=rt.device, vocab_size=raw_model.config.vocab_size)
+    batch = train_batch(iter_num, rt.rank * accum_steps)
+    # non-finite losses are counted on the device and checked where the loop syncs anyway
+    nonfinite = torch.zeros(2, dtype=torch.long, device=rt.device)
+    start_iter, t0, timed_from, stopped_by = iter_num, time.time(), iter_num, None
+    stop.armed = not cfg.eval_only
+    with RunLog(cfg, rt) as log:
+        while True:
+            lr = set_lr(optimizer, get_lr(iter_num, cfg))
+            final = iter_num >= cfg.max_iters
+
+            # ---- evaluate and checkpoint
+            if iter_num % cfg.eval_interval == 0 or final or cfg.eval_only:
+                check_stop(nonfinite, stop, iter_num, cfg, rt)
+                record, line = evaluate(model, raw_model, files, hellaswag_set, cfg, rt)
+                print0(f"step {iter_num}: {line}")
+                log({'iter': iter_num, **record, 'lr': lr})
+                if not math.isfinite(record['train_loss']) or not math.isfinite(record['val_loss']):
+                    raise nonfinite_error(iter_num, cfg, rt)  # the same losses on every process: all stop here
+                if cfg.eval_only:
+                    break
+                improved = record['val_loss'] < best[0]
+                best = (record['val_loss'], iter_num) if improved else best
+                # the final weights are kept too, as ckpt_last.pt when they are not the best
+                if iter_num > start_iter and (improved or cfg.always_save_checkpoint or final):
+                    save_run(checkpoint_name(improved, cfg.always_save_checkpoint), raw_model, optimizer, scaler,
+                             iter_num, best, tokenizer, cfg, rt)
+                t0, timed_from = time.time(), iter_num  # time the training steps alone
+            if final:
+                break
+
+            # ---- training step
+            loss, step_nonfinite, batch = train_step(model, optimizer, scaler, batch, train_batch, iter_num, rt,
+                                                     accum_steps, cfg.grad_clip,
+                                                     cfg.seed if cfg.dropout > 0 else None)
+            nonfinite = count_nonfinite(nonfinite, step_nonfinite)
+            iter_num += 1
+
+            # ---- log, and stop when asked
+            if iter_num % cfg.log_interval == 0 and rt.master:
+                lossf = loss.item()  # the last micro-step's loss; waits for the device, so the clock counts its work
+                t1 = time.time()
+                dt, t0, timed_from = (t1 - t0) / (iter_num - timed_from), t1, iter_num  # per iteration since then
+                # MFU where the device's peak is known and steady (a GPU's table entry), this process on one device
+                peak = device_peak_flops(rt) if rt.device_type == 'cuda' else None
+                mfu = raw_model.estimate_mfu(cfg.batch_size * accum_steps, dt, peak) if peak else None
+                print(log_line(iter_num, lossf, dt, tokens_per_iter, mfu, cfg))
+                log({'iter': iter_num, 'loss': lossf, 'lr': lr, 'ms': dt * 1000, 'tok_s': tokens_per_iter / dt,
+                     'mfu': mfu})
+            # under DDP every process checks at the same iterations, since the check is a collective
+            if iter_num % cfg.log_interval == 0 or (stop.requested and not rt.ddp):
+                if check_stop(nonfinite, stop, iter_num, cfg, rt):
+                    print0(f"stop requested at iteration {iter_num}")
+                    save_run(checkpoint_name(False, cfg.always_save_checkpoint), raw_model, optimizer, scaler,
+                             iter_num, best, tokenizer, cfg, rt)
+                    stopped_by = stop.signum or signal.SIGTERM  # the process that was not signalled: as torchrun's
+                    break
+    if rt.ddp:
+        # wait for rank 0's last checkpoint: a process that leaves the group early can abort the others' gloo
+        torch.distributed.barrier()
+    if not cfg.eval_only:
+        for line in summary(iter_num, start_iter, *best, cfg):
+            print0(line)
+    return {'iter_num': iter_num, 'best_val_loss': best[0], 'model': raw_model, 'stopped_by': stopped_by}
+
+
+# -----------------------------------------------------------------------------
+# the training step, which bench.py times as it is
+
+def train_step(model, optimizer, scaler, batch, next_batch, it, rt, accum_steps=1, grad_clip=0.0,
+               dropout_seed=None):
+    """
+    One iteration: forward and backward over accum_steps micro-batches, gradients accumulated (synchronised
+    across DDP processes on the last one only), then clip and update. batch is the first micro-batch;
+    next_batch(it, k) gives the batch of iteration it, micro-step k on this process, each fetched while the
+    device works on the one before. dropout_seed reseeds dropout per micro-step (seed_dropout); None when there
+    is no dropout. Returns the last micro-step's loss, whether any micro-step's loss was non-finite (both device
+    tensors, so nothing waits here), and the first micro-batch of the next iteration.
+    """
+    nonfinite = torch.zeros((), dtype=torch.bool, device=rt.device)
+    first = rt.rank * accum_steps  # this process's first micro-step, numbered over all processes
+    for micro_step in range(accum_steps):
+        if isinstance(model, DDP):
+            # under FSDP gradients are reduce-scattered at every micro-step: keeping them whole between would
+            # cost the memory FSDP saves
+            model.require_backward_grad_sync = micro_step == accum_steps - 1
+        if dropout_seed is not None:
+            seed_dropout(dropout_seed, it, first + micro_step)
+        with rt.autocast:
+            # the logits are not kept: backward needs only what autograd saved, and at GPT-2's vocabulary they
+            # are the largest activation (batch x block x vocab floats)
+            loss = model(*batch)[1]
+            scaled = loss / accum_steps  # the gradients of a mean over all micro-batches
+        nonfinite |= ~torch.isfinite(scaled)
+        last = micro_step == accum_steps - 1
+        batch = next_batch(it + 1, first) if last else next_batch(it, first + micro_step + 1)
+        scaler.scale(scaled).backward()
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, nonfinite, batch
 
 
 # -----------------------------------------------------------------------------
@@ -140,11 +316,6 @@ def check_settings(cfg):
     if cfg.optimizer == 'muon' and (cfg.fsdp or cfg.lora_rank):  # Muon needs whole matrices, and LoRA is AdamW's
         raise ConfigError(f"optimizer='muon' does not work with {'fsdp=True' if cfg.fsdp else 'lora_rank > 0'}; "
                           f"use optimizer='adamw'")
-
-
-def lora_target_names(cfg):
-    """The lora_targets setting ('c_attn,c_fc') as a tuple of layer names."""
-    return tuple(t.strip() for t in cfg.lora_targets.split(',') if t.strip())
 
 
 def schedule_warnings(cfg):
@@ -244,157 +415,6 @@ def check_resume(cfg, checkpoint):
                         f"with --dataset={saved['dataset']}, or add --change_dataset=True to go on with new data")
 
 
-def init_lora(model, checkpoint, cfg):
-    """
-    With lora_rank > 0, freeze the model and give the lora_targets layers trainable adapters (LoRA). A resumed
-    run keeps its LoRA settings, and gets back its exact base weights and adapters from the checkpoint's 'lora'.
-    """
-    settings = dict(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=list(lora_target_names(cfg)))
-    saved = (checkpoint or {}).get('lora')
-    if checkpoint is not None:
-        was = {k: saved[k] for k in settings} if saved else dict(rank=0)
-        if was != (settings if cfg.lora_rank else dict(rank=0)):
-            text = ' '.join(f"lora_{k}={','.join(v) if k == 'targets' else v}" for k, v in was.items())
-            raise UserError(f"the run in '{cfg.out_dir}' was trained with {text}; resume it with the same settings")
-    if not cfg.lora_rank:
-        return
-    add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, settings['targets'])
-    if saved:
-        model.load_state_dict({**checkpoint['model'], **saved['weights']})
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print0(f"LoRA: training {trainable:,} of {model.get_num_params(False):,} parameters (the adapters)")
-
-
-def lora_checkpoint(state_dict, cfg):
-    """
-    A LoRA run's weights as its checkpoint holds them. 'model' gets plain GPT weights with the adapters merged
-    in, so every reader of a checkpoint (sample.py, export_hf.py, hellaswag.py, nanoGPT's own sample.py) gets
-    the finetuned model; 'lora' keeps the settings, the adapted layers' base weights and the adapters, from
-    which a resumed run continues exactly (the merged weights, rounded, would not give the base back).
-    """
-    layers = [k.removesuffix('lora_A') for k in state_dict if k.endswith('.lora_A')]
-    weights = {layer + name: state_dict[layer + name] for layer in layers for name in ('weight', 'lora_A', 'lora_B')}
-    lora = dict(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=list(lora_target_names(cfg)), weights=weights)
-    return {'model': merge_lora(state_dict, cfg.lora_alpha / cfg.lora_rank), 'lora': lora}
-
-
-class ChainedOptimizer:
-    """
-    Optimizers over disjoint parameters, used as one: step, zero_grad, param_groups, state and the state dict,
-    which is all that train_step, the GradScaler, resume and a checkpoint ask of an optimizer.
-    """
-
-    def __init__(self, **optimizers):
-        self.optimizers = optimizers
-
-    @property
-    def param_groups(self):  # read afresh: load_state_dict replaces each optimizer's groups
-        return [group for opt in self.optimizers.values() for group in opt.param_groups]
-
-    @property
-    def state(self):
-        return {p: s for opt in self.optimizers.values() for p, s in opt.state.items()}
-
-    def step(self):
-        for opt in self.optimizers.values():
-            opt.step()
-
-    def zero_grad(self, set_to_none=True):
-        for opt in self.optimizers.values():
-            opt.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self):
-        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
-
-    def load_state_dict(self, state_dict):
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(state_dict[name])
-
-
-# torch.optim.Muon is PyTorch 2.9's; on older ones train.py still imports, and optimizer='muon' is a clear error
-class Muon(getattr(torch.optim, 'Muon', torch.optim.Optimizer)):
-    """
-    torch.optim.Muon, stepping the matrices of one shape together (each block has one c_attn, c_fc and two
-    c_proj): one batched matmul per Newton-Schulz product instead of one per matrix, the same numbers. The
-    state and the state dict are torch.optim.Muon's; at the CPU recipe's shape its Newton-Schulz iterations take
-    two thirds of the time.
-    """
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            by_shape = {}
-            for p in group['params']:
-                if p.grad is not None:
-                    by_shape.setdefault(p.shape, []).append(p)
-            for shape, params in by_shape.items():
-                grads = [p.grad for p in params]
-                for p in params:
-                    if 'momentum_buffer' not in self.state[p]:
-                        self.state[p]['momentum_buffer'] = torch.zeros_like(p.grad)
-                bufs = [self.state[p]['momentum_buffer'] for p in params]
-                torch._foreach_lerp_(bufs, grads, 1 - group['momentum'])
-                update = torch.stack(bufs)
-                if group['nesterov']:
-                    update = torch.stack(grads).lerp_(update, group['momentum'])
-                update = newton_schulz(update, group['ns_coefficients'], group['ns_steps'], group['eps'])
-                lr = group['lr']
-                adjusted_lr = muon_lr_ratio(group['adjust_lr_fn'], shape) * lr
-                for p, u in zip(params, update):
-                    p.mul_(1 - lr * group['weight_decay'])
-                    p.add_(u, alpha=-adjusted_lr)
-        return loss
-
-
-def newton_schulz(g, coefficients, steps, eps):
-    """torch.optim.Muon's orthogonalisation (quintic Newton-Schulz in bfloat16) of each matrix in g (n, rows, cols)."""
-    a, b, c = coefficients
-    x = g.bfloat16()
-    wide = g.size(-2) <= g.size(-1)
-    x = x if wide else x.mT
-    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norms at most 1
-    for _ in range(steps):
-        gram = x @ x.mT
-        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x if wide else x.mT
-
-
-def muon_lr_ratio(adjust_lr_fn, shape):
-    """torch.optim.Muon's learning rate multiplier for a matrix of this shape."""
-    rows, cols = shape
-    if adjust_lr_fn in (None, 'original'):
-        return math.sqrt(max(1, rows / cols))
-    return 0.2 * math.sqrt(max(rows, cols)) if adjust_lr_fn == 'match_rms_adamw' else 1.0
-
-
-def muon_params(model):
-    """The 2-D weights inside the transformer blocks (c_attn, c_proj, c_fc, c_proj): the matrices Muon is for."""
-    return [p for p in model.transformer.h.parameters() if p.dim() == 2]
-
-
-def configure_optimizer(model, cfg, device_type):
-    """nanoGPT's AdamW; or Muon for the block matrices and AdamW for the rest (Muon is not for embeddings)."""
-    betas = (cfg.beta1, cfg.beta2)
-    if cfg.optimizer == 'adamw':
-        return model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, betas, device_type)
-    if not hasattr(torch.optim, 'Muon'):
-        raise UserError(f"optimizer='muon' needs torch.optim.Muon (PyTorch 2.9 or later; this is {torch.__version__})"
-                        f": pip install -U torch")
-    matrices = muon_params(model)
-    muon_ids = {id(p) for p in matrices}
-    others = [p for p in model.parameters() if id(p) not in muon_ids]
-    # adjust_lr_fn='original' scales each update by sqrt(max(1, rows / cols)), as the modded-nanogpt speedrun does
-    muon = Muon(matrices, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
-                weight_decay=cfg.muon_weight_decay, adjust_lr_fn='original')
-    muon.param_groups[0]['lr_scale'] = cfg.muon_lr / cfg.learning_rate  # set_lr: one schedule drives both
-    adamw = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, betas, device_type, params=others)
-    return ChainedOptimizer(muon=muon, adamw=adamw)
-
-
 def init_optimizer(model, checkpoint, cfg, rt):
     """
     The optimizer and the float16 GradScaler, with their state from the checkpoint when resuming. Under FSDP, call
@@ -465,10 +485,6 @@ def load_hellaswag(cfg, model, rt):
     return rendered
 
 
-# -----------------------------------------------------------------------------
-# FSDP: each process holds a shard of every weight, gradient and optimizer moment; a checkpoint is gathered
-# whole, one tensor at a time, so it is an ordinary ckpt.pt that resumes and samples anywhere
-
 def shard_model(model):
     """
     FSDP2 (https://pytorch.org/docs/stable/distributed.fsdp.fully_shard.html), in place: each block is one unit,
@@ -478,89 +494,6 @@ def shard_model(model):
     for block in model.transformer.h:
         fully_shard(block)
     fully_shard(model)
-
-
-def model_state(model):
-    """
-    model.state_dict(), with each tied weight one tensor under both names, as a plain model's are (FSDP's state
-    dict gives each name a DTensor of its own, which a checkpoint would hold twice).
-    """
-    detached = {}
-    return {k: detached.setdefault(id(v), v.detach()) for k, v in model.state_dict(keep_vars=True).items()}
-
-
-def save_state(checkpoint, path, model, rt):
-    """
-    Write the checkpoint to path from the master process. Under FSDP (a collective: every process calls it) its
-    tensors are each process's shards, gathered whole one at a time as they are written, so no process ever holds
-    more than one whole tensor beyond its shards; the file is the same ordinary ckpt.pt.
-    """
-    if isinstance(model, FSDPModule):
-        stream_checkpoint(checkpoint, path, whole=lambda t: t.full_tensor() if isinstance(t, DTensor) else t,
-                          write=rt.master)
-    elif rt.master:
-        save_checkpoint(checkpoint, path)
-
-
-def parameter_names(model, optimizer):
-    """The names of the optimizer's parameters in its own order, the ids that optimizer.state_dict() numbers."""
-    names = {p: n for n, p in model.named_parameters()}
-    return [names[p] for group in optimizer.param_groups for p in group['params']]
-
-
-def renumber(state, key):
-    """An optimizer state dict with each parameter's key k (an id or a name) replaced by key[k]."""
-    return {'state': {key[k]: s for k, s in state['state'].items()},
-            'param_groups': [{**g, 'params': [key[k] for k in g['params']]} for g in state['param_groups']]}
-
-
-def load_optimizer_state(model, optimizer, state):
-    """Load a checkpoint's optimizer.state_dict(); under FSDP each process takes its shard of it."""
-    if isinstance(model, FSDPModule):
-        set_optimizer_state_dict(model, optimizer, renumber(state, parameter_names(model, optimizer)),
-                                 options=StateDictOptions(full_state_dict=True))
-    else:
-        optimizer.load_state_dict(state)
-
-
-# -----------------------------------------------------------------------------
-# the training step, which bench.py times as it is
-
-def train_step(model, optimizer, scaler, batch, next_batch, it, rt, accum_steps=1, grad_clip=0.0,
-               dropout_seed=None):
-    """
-    One iteration: forward and backward over accum_steps micro-batches, gradients accumulated (synchronised
-    across DDP processes on the last one only), then clip and update. batch is the first micro-batch;
-    next_batch(it, k) gives the batch of iteration it, micro-step k on this process, each fetched while the
-    device works on the one before. dropout_seed reseeds dropout per micro-step (seed_dropout); None when there
-    is no dropout. Returns the last micro-step's loss, whether any micro-step's loss was non-finite (both device
-    tensors, so nothing waits here), and the first micro-batch of the next iteration.
-    """
-    nonfinite = torch.zeros((), dtype=torch.bool, device=rt.device)
-    first = rt.rank * accum_steps  # this process's first micro-step, numbered over all processes
-    for micro_step in range(accum_steps):
-        if isinstance(model, DDP):
-            # under FSDP gradients are reduce-scattered at every micro-step: keeping them whole between would
-            # cost the memory FSDP saves
-            model.require_backward_grad_sync = micro_step == accum_steps - 1
-        if dropout_seed is not None:
-            seed_dropout(dropout_seed, it, first + micro_step)
-        with rt.autocast:
-            # the logits are not kept: backward needs only what autograd saved, and at GPT-2's vocabulary they
-            # are the largest activation (batch x block x vocab floats)
-            loss = model(*batch)[1]
-            scaled = loss / accum_steps  # the gradients of a mean over all micro-batches
-        nonfinite |= ~torch.isfinite(scaled)
-        last = micro_step == accum_steps - 1
-        batch = next_batch(it + 1, first) if last else next_batch(it, first + micro_step + 1)
-        scaler.scale(scaled).backward()
-    if grad_clip != 0.0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return loss, nonfinite, batch
 
 
 # -----------------------------------------------------------------------------
@@ -762,7 +695,7 @@ def run_header(cfg, rt, raw_model, model, files, tokens_per_iter, iter_num, best
     lines = [
         f"model: {raw_model.get_num_params():,} parameters (n_layer {c.n_layer}, n_head {c.n_head}, "
         f"n_embd {c.n_embd}, block_size {c.block_size}, vocab_size {c.vocab_size})",
-        f"device: {rt.device}, dtype {rt.dtype}, {torch.get_num_threads()} threads, "
+        f"device: {rt.device}, dtype {rt.dtype}, {threads_text(torch.get_num_threads())}, "
         f"compile {'on' if compiled else 'off'}{processes}",
         f"data: data/{cfg.dataset}, {tokens['train']:,} train and {tokens['val']:,} val tokens",
         f"tokens per iteration will be: {tokens_per_iter:,} (gradient_accumulation_steps "
@@ -796,157 +729,6 @@ def summary(iter_num, start_iter, best_val_loss, best_iter, cfg):
     return [f"{'done' if iter_num >= cfg.max_iters else 'stopped'}: iteration {iter_num} of {cfg.max_iters}, {best}",
             f"checkpoint: {path}",
             f"sample from it: python {shlex.quote(sample_py)} --out_dir={shlex.quote(cfg.out_dir)}"]
-
-
-# -----------------------------------------------------------------------------
-# the run
-
-def train(cfg):
-    """Run training with the settings in cfg (a dict or namespace). Returns the final state as a dict."""
-    cfg = as_namespace(cfg)
-    check_settings(cfg)
-    world_size = dist_env()[3]
-    if cfg.gradient_accumulation_steps % world_size:
-        raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} does not divide among "
-                        f"{world_size} processes; make it a multiple of {world_size}")
-    if cfg.fsdp and cfg.eval_iters % world_size:  # every FSDP process must run the same number of forwards
-        raise UserError(f"eval_iters={cfg.eval_iters} does not divide among {world_size} FSDP processes; "
-                        f"make it a multiple of {world_size}")
-    if cfg.fsdp or cfg.lora_rank or cfg.gradient_checkpointing:
-        return_freed_memory()  # before the model's tensors are made
-    rt = setup(cfg.device, cfg.dtype, cfg.backend)
-    try:
-        with ExitStack() as owned:
-            # the master process writes out_dir, and owns it while it does; an eval-only run writes nothing
-            error = None
-            if rt.master and not cfg.eval_only:
-                try:
-                    owned.enter_context(own_out_dir(cfg.out_dir, cfg.init_from == 'resume', cfg.overwrite))
-                except UserError as e:
-                    error = e
-            all_or_none(rt, error)  # a refused out_dir stops every process
-            with StopRequest() as stop:
-                return train_loop(cfg, rt, stop)
-    finally:
-        teardown(rt)
-
-
-def prepare_small_dataset(dataset, data_dir):
-    """Run a small dataset's prepare.py (Tiny Shakespeare's) when its token files are missing: a one-command start."""
-    if dataset not in SMALL_DATASETS or all(os.path.exists(os.path.join(data_dir, f'{s}.bin')) for s in SPLITS):
-        return
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', dataset, 'prepare.py')
-    print(f"data/{dataset} is not prepared yet: running data/{dataset}/prepare.py first")
-    spec = importlib.util.spec_from_file_location(f'prepare_{dataset}', script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    os.makedirs(data_dir, exist_ok=True)
-    module.prepare(data_dir)
-
-
-def start_run(cfg, rt):
-    """
-    Everything a run starts from: the data's files, the model (plain and as trained), the optimizer and scaler,
-    the iteration and best (val loss, iteration) to go on from, and the HellaSwag examples when they are scored.
-    """
-    data_dir = os.path.join('data', cfg.dataset)
-    local_rank0_first(rt, lambda: prepare_small_dataset(cfg.dataset, data_dir))  # one process per node prepares
-    data_vocab_size = meta_vocab_size(data_dir)
-    if rt.ddp and cfg.init_from in GPT2_SIZES:
-        import hf  # one process per node downloads OpenAI's weights into the cache while the others wait
-        local_rank0_first(rt, lambda: hf.gpt2_safetensors(cfg.init_from))
-    torch.manual_seed(cfg.seed)  # the same initial weights on every process
-    raw_model, checkpoint = init_model(cfg, data_vocab_size)
-    fit_model(raw_model, checkpoint, cfg, data_vocab_size)
-    if checkpoint is not None:
-        check_resume(cfg, checkpoint)
-    files = {split: data_files(data_dir, split) for split in SPLITS}
-    init_lora(raw_model, checkpoint, cfg)
-    raw_model.gradient_checkpointing = cfg.gradient_checkpointing
-    raw_model.to(rt.device)
-    hellaswag_set = load_hellaswag(cfg, raw_model, rt) if cfg.eval_hellaswag else None
-    model = wrap_model(raw_model, cfg.compile, rt, cfg.fsdp)
-    optimizer, scaler = init_optimizer(raw_model, checkpoint, cfg, rt)
-    iter_num, best = 0, (float('inf'), None)
-    if checkpoint is not None:
-        iter_num, best = int(checkpoint['iter_num']), (float(checkpoint.get('best_val_loss', math.inf)),
-                                                        checkpoint.get('best_iter'))
-    return files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set
-
-
-def train_loop(cfg, rt, stop):
-    accum_steps = cfg.gradient_accumulation_steps // rt.world_size  # micro-steps on each process
-    files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set = start_run(cfg, rt)
-    tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * raw_model.config.block_size
-    for line in run_header(cfg, rt, raw_model, model, files, tokens_per_iter, iter_num, best) + schedule_warnings(cfg):
-        print0(line)
-    tokenizer = dataset_tokenizer(os.path.join('data', cfg.dataset))  # read once: the data may go during the run
-    # the batch of (iteration, micro-step), a function of the seed alone: the same for 1 or N processes
-    train_batch = functools.partial(get_batch, files['train'], cfg.batch_size, raw_model.config.block_size,
-                                    cfg.seed, TRAIN_BATCH, device=rt.device, vocab_size=raw_model.config.vocab_size)
-    batch = train_batch(iter_num, rt.rank * accum_steps)
-    # non-finite losses are counted on the device and checked where the loop syncs anyway
-    nonfinite = torch.zeros(2, dtype=torch.long, device=rt.device)
-    start_iter, t0, timed_from, stopped_by = iter_num, time.time(), iter_num, None
-    stop.armed = not cfg.eval_only
-    with RunLog(cfg, rt) as log:
-        while True:
-            lr = set_lr(optimizer, get_lr(iter_num, cfg))
-            final = iter_num >= cfg.max_iters
-
-            # ---- evaluate and checkpoint
-            if iter_num % cfg.eval_interval == 0 or final or cfg.eval_only:
-                check_stop(nonfinite, stop, iter_num, cfg, rt)
-                record, line = evaluate(model, raw_model, files, hellaswag_set, cfg, rt)
-                print0(f"step {iter_num}: {line}")
-                log({'iter': iter_num, **record, 'lr': lr})
-                if not math.isfinite(record['train_loss']) or not math.isfinite(record['val_loss']):
-                    raise nonfinite_error(iter_num, cfg, rt)  # the same losses on every process: all stop here
-                if cfg.eval_only:
-                    break
-                improved = record['val_loss'] < best[0]
-                best = (record['val_loss'], iter_num) if improved else best
-                # the final weights are kept too, as ckpt_last.pt when they are not the best
-                if iter_num > start_iter and (improved or cfg.always_save_checkpoint or final):
-                    save_run(checkpoint_name(improved, cfg.always_save_checkpoint), raw_model, optimizer, scaler,
-                             iter_num, best, tokenizer, cfg, rt)
-                t0, timed_from = time.time(), iter_num  # time the training steps alone
-            if final:
-                break
-
-            # ---- training step
-            loss, step_nonfinite, batch = train_step(model, optimizer, scaler, batch, train_batch, iter_num, rt,
-                                                     accum_steps, cfg.grad_clip,
-                                                     cfg.seed if cfg.dropout > 0 else None)
-            nonfinite = count_nonfinite(nonfinite, step_nonfinite)
-            iter_num += 1
-
-            # ---- log, and stop when asked
-            if iter_num % cfg.log_interval == 0 and rt.master:
-                lossf = loss.item()  # the last micro-step's loss; waits for the device, so the clock counts its work
-                t1 = time.time()
-                dt, t0, timed_from = (t1 - t0) / (iter_num - timed_from), t1, iter_num  # per iteration since then
-                # MFU where the device's peak is known and steady (a GPU's table entry), this process on one device
-                mfu = (raw_model.estimate_mfu(cfg.batch_size * accum_steps, dt, rt.dtype)
-                       if rt.device_type == 'cuda' else None)
-                print(log_line(iter_num, lossf, dt, tokens_per_iter, mfu, cfg))
-                log({'iter': iter_num, 'loss': lossf, 'lr': lr, 'ms': dt * 1000, 'tok_s': tokens_per_iter / dt,
-                     'mfu': mfu})
-            # under DDP every process checks at the same iterations, since the check is a collective
-            if iter_num % cfg.log_interval == 0 or (stop.requested and not rt.ddp):
-                if check_stop(nonfinite, stop, iter_num, cfg, rt):
-                    print0(f"stop requested at iteration {iter_num}")
-                    save_run(checkpoint_name(False, cfg.always_save_checkpoint), raw_model, optimizer, scaler,
-                             iter_num, best, tokenizer, cfg, rt)
-                    stopped_by = stop.signum or signal.SIGTERM  # the process that was not signalled: as torchrun's
-                    break
-    if rt.ddp:
-        # wait for rank 0's last checkpoint: a process that leaves the group early can abort the others' gloo
-        torch.distributed.barrier()
-    if not cfg.eval_only:
-        for line in summary(iter_num, start_iter, *best, cfg):
-            print0(line)
-    return {'iter_num': iter_num, 'best_val_loss': best[0], 'model': raw_model, 'stopped_by': stopped_by}
 
 
 def main(argv=None):

@@ -31,7 +31,7 @@ def char_data(tmp_path):
 @pytest.fixture
 def char_ckpt(char_data, monkeypatch):
     """A random char-level model saved as out/ckpt.pt, with char_data (holding data/shakespeare_char) as cwd."""
-    from common import save_checkpoint
+    from checkpoint import save_checkpoint
     from data import dataset_tokenizer, load_meta
     from model import GPT, GPTConfig
     monkeypatch.chdir(char_data)

@@ -10,7 +10,8 @@ from common import UserError, setup
 from configurator import ConfigError
 from data import data_files
 from helpers import run_in_process
-from model import GPT, load_model
+from checkpoint import load_model
+from model import GPT
 from train import estimate_loss
 
 TINY_SHAPE = dict(device='cpu', n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64)

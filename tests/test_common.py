@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import common
-from common import Runtime, UserError, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint, stream_checkpoint
+from common import Runtime, UserError
 from helpers import REPO
 
 
@@ -192,7 +193,7 @@ def a_checkpoint():
 def test_a_streamed_checkpoint_is_the_file_torch_save_writes(tmp_path):
     checkpoint = a_checkpoint()
     gathered = []
-    common.stream_checkpoint(checkpoint, str(tmp_path / 'streamed.pt'), whole=lambda t: gathered.append(t) or t)
+    stream_checkpoint(checkpoint, str(tmp_path / 'streamed.pt'), whole=lambda t: gathered.append(t) or t)
     with open(tmp_path / 'saved.pt', 'wb') as f:  # a file object, as save_checkpoint's: records named archive/...
         torch.save(checkpoint, f)
     assert len(gathered) == 6  # each tensor once, the tied weight too
@@ -219,5 +220,5 @@ def test_a_failed_streamed_save_leaves_the_old_checkpoint_and_no_temporary_file(
         return t
 
     with pytest.raises(UserError, match=r"could not write '.*ckpt.pt' \(No space left on device\); the file there "):
-        common.stream_checkpoint(a_checkpoint(), path, whole=disk_full_at_the_second_tensor)
+        stream_checkpoint(a_checkpoint(), path, whole=disk_full_at_the_second_tensor)
     assert os.listdir(tmp_path) == ['ckpt.pt'] and open(path, 'rb').read() == before

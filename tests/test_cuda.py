@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import train
-from common import load_checkpoint, setup
+from checkpoint import load_checkpoint
+from common import setup
 from data import TRAIN_BATCH, get_batch
 from helpers import read_log, tiny_model, tiny_run
 from model import sample_next

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import train
-from common import UserError, load_checkpoint
+from checkpoint import load_checkpoint
+from common import UserError
 from data import (EVAL_BATCH, SHARD_HEADER_BYTES, TRAIN_BATCH, data_files, get_batch, load_meta, read_shard,
                   read_shard_header, write_shard)
 from helpers import shard_dataset, shard_run

@@ -12,8 +12,10 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.fsdp import FSDPModule
 
 import train
-from common import UserError, load_checkpoint
+from checkpoint import load_checkpoint, parameter_names, renumber
+from common import UserError
 from helpers import REPO, TINY, run_script, tiny_cfg, val_losses
+from lora import lora_checkpoint
 
 
 def one_and_two_processes(workdir, args, evals, two_args=()):
@@ -155,9 +157,8 @@ def train_under_fsdp(rank, port, workdir, lora):
         weights = get_model_state_dict(model, options=full)
         moments = get_optimizer_state_dict(model, optimizer, options=full)
         if rt.master:
-            gathered = train.lora_checkpoint(weights, cfg) if cfg.lora_rank else {'model': weights}
-            gathered['optimizer'] = train.renumber(moments, {n: i for i, n in enumerate(
-                train.parameter_names(model, optimizer))})
+            gathered = lora_checkpoint(weights, cfg) if cfg.lora_rank else {'model': weights}
+            gathered['optimizer'] = renumber(moments, {n: i for i, n in enumerate(parameter_names(model, optimizer))})
             torch.save(gathered, os.path.join(cfg.out_dir, 'gathered.pt'))
 
     train.save_run = save_and_gather

@@ -155,7 +155,8 @@ def test_meta_pkl_that_would_run_code_is_refused(tmp_path):
 def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     import torch
 
-    from common import UserError, load_checkpoint
+    from checkpoint import load_checkpoint
+    from common import UserError
 
     class Evil:
         def __reduce__(self):
@@ -167,7 +168,8 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
 
 @pytest.mark.parametrize('content', [b'garbage\n', b'hello world, not a checkpoint', b''])
 def test_a_file_that_is_not_a_checkpoint_is_damaged_not_dangerous(tmp_path, content):
-    from common import UserError, load_checkpoint
+    from checkpoint import load_checkpoint
+    from common import UserError
 
     (tmp_path / 'ckpt.pt').write_bytes(content)
     with pytest.raises(UserError, match=r'is damaged or not a checkpoint \(not a file torch.save wrote\)'):
@@ -177,7 +179,8 @@ def test_a_file_that_is_not_a_checkpoint_is_damaged_not_dangerous(tmp_path, cont
 def test_a_cut_checkpoint_says_why_in_one_sentence(tmp_path):
     import torch
 
-    from common import UserError, load_checkpoint
+    from checkpoint import load_checkpoint
+    from common import UserError
 
     torch.save({'model': {'w': torch.zeros(1000)}, 'model_args': {}}, tmp_path / 'ckpt.pt')
     data = (tmp_path / 'ckpt.pt').read_bytes()
@@ -329,13 +332,13 @@ def test_a_read_only_out_dir(trained, monkeypatch):
     """A folder this user cannot write (simulated: the tests may run as root, who can write anywhere)."""
     import builtins
 
-    import common
+    import checkpoint
 
     def read_only_open(path, *args, **kwargs):
         if str(path).endswith('train.lock'):
             raise PermissionError(13, 'Permission denied')
         return builtins.open(path, *args, **kwargs)
-    monkeypatch.setattr(common, 'open', read_only_open, raising=False)
+    monkeypatch.setattr(checkpoint, 'open', read_only_open, raising=False)
     before = checksums(trained)
     for extra in ('--init_from=resume', '--overwrite=True'):
         r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=8', extra, cwd=trained)

@@ -10,9 +10,11 @@ import torch
 
 import explain
 import hf
-from common import UserError, save_checkpoint
+from checkpoint import save_checkpoint
+from common import UserError
 from helpers import needs_tiktoken_cache, run_in_process
-from model import GPT, GPTConfig, load_model
+from checkpoint import load_model
+from model import GPT, GPTConfig
 from test_errors import assert_one_line_error
 from test_plot import assert_png_as_stated
 

@@ -17,7 +17,8 @@ import export_hf
 import hf
 import sample
 import train
-from common import UserError, load_checkpoint
+from checkpoint import load_checkpoint, load_pretrained
+from common import UserError
 from data import load_meta
 from helpers import SHAKESPEARE, load_script, needs_tiktoken_cache, run_script, shakespeare_text, tiny_model, tiny_run
 from model import GPT, GPTConfig
@@ -53,7 +54,7 @@ def test_loads_transformers_gpt2_safetensors(tmp_path):
     theirs = transformers_gpt2()
     theirs.save_pretrained(str(tmp_path))
     assert (tmp_path / 'model.safetensors').exists()
-    ours = GPT.from_pretrained(str(tmp_path)).eval()
+    ours = load_pretrained(str(tmp_path)).eval()
     assert (ours.config.n_layer, ours.config.n_head, ours.config.n_embd, ours.config.block_size,
             ours.config.vocab_size, ours.config.bias) == (2, 2, 32, 64, 100, True)
     idx = check_same_model(ours, theirs, 100)
@@ -77,7 +78,7 @@ def test_loads_pytorch_model_bin_as_openai_uploaded_it(tmp_path):
         state_dict[f'h.{i}.attn.bias'] = torch.ones(64, 64).tril().view(1, 1, 64, 64)
         state_dict[f'h.{i}.attn.masked_bias'] = torch.tensor(-1e4)
     torch.save(state_dict, str(tmp_path / 'pytorch_model.bin'))
-    check_same_model(GPT.from_pretrained(str(tmp_path)).eval(), theirs, 100)
+    check_same_model(load_pretrained(str(tmp_path)).eval(), theirs, 100)
 
 
 def test_loads_sharded_checkpoint(tmp_path):
@@ -85,14 +86,14 @@ def test_loads_sharded_checkpoint(tmp_path):
     theirs.save_pretrained(str(tmp_path), max_shard_size='20KB')
     if not (tmp_path / 'model.safetensors.index.json').exists():
         pytest.skip('this transformers version wrote no shards')
-    check_same_model(GPT.from_pretrained(str(tmp_path)).eval(), theirs, 100)
+    check_same_model(load_pretrained(str(tmp_path)).eval(), theirs, 100)
 
 
 def test_dropout_is_the_only_override(tmp_path):
     transformers_gpt2().save_pretrained(str(tmp_path))
-    assert GPT.from_pretrained(str(tmp_path), dict(dropout=0.1)).config.dropout == 0.1
+    assert load_pretrained(str(tmp_path), dropout=0.1).config.dropout == 0.1
     with pytest.raises(ValueError, match='only dropout'):
-        GPT.from_pretrained(str(tmp_path), dict(n_layer=3))
+        GPT.from_pretrained(hf.read_config(str(tmp_path)), {}, dict(n_layer=3))
 
 
 @pytest.mark.parametrize('change, message', [
@@ -109,19 +110,19 @@ def test_unsupported_or_inconsistent_folders_are_user_errors(tmp_path, change, m
     config = json.loads((tmp_path / 'config.json').read_text())
     (tmp_path / 'config.json').write_text(json.dumps(dict(config, **change)))
     with pytest.raises(UserError, match=message):
-        GPT.from_pretrained(str(tmp_path))
+        load_pretrained(str(tmp_path))
 
 
 def test_missing_folder_or_weights_are_user_errors(tmp_path):
     with pytest.raises(UserError, match='neither a GPT-2 model name nor a Hugging Face model folder'):
-        GPT.from_pretrained(str(tmp_path / 'nowhere'))
+        load_pretrained(str(tmp_path / 'nowhere'))
     hf.save_pretrained(tiny_model(n_layer=1, n_embd=16, block_size=8, vocab_size=20), str(tmp_path))
     os.remove(tmp_path / 'model.safetensors')
     with pytest.raises(UserError, match='has no weights'):
-        GPT.from_pretrained(str(tmp_path))
+        load_pretrained(str(tmp_path))
     (tmp_path / 'pytorch_model.bin').write_bytes(b'not a pickle')
     with pytest.raises(UserError, match='damaged or not a PyTorch weights file'):
-        GPT.from_pretrained(str(tmp_path))
+        load_pretrained(str(tmp_path))
 
 
 # -----------------------------------------------------------------------------
@@ -216,7 +217,7 @@ def test_export_to_transformers(tmp_path, monkeypatch, bias):
         biases = [p for name, p in theirs.named_parameters() if name.endswith('.bias')]
         assert len(biases) == 2 * 6 + 1 and not any(b.any() for b in biases)
     # and back: the exported folder loads here too
-    check_same_model(GPT.from_pretrained(str(hf_dir)).eval(), theirs, 50257)
+    check_same_model(load_pretrained(str(hf_dir)).eval(), theirs, 50257)
 
 
 def write_checkpoint(out_dir, bias=False):
@@ -237,7 +238,7 @@ def test_export_hf_script(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f'wrote {tmp_path / "out-hf"}' in r.stdout
     idx = torch.randint(0, 20, (1, 8))
-    torch.testing.assert_close(all_logits(GPT.from_pretrained(str(tmp_path / 'out-hf')).eval(), idx),
+    torch.testing.assert_close(all_logits(load_pretrained(str(tmp_path / 'out-hf')).eval(), idx),
                                all_logits(model, idx))
     r = run_script('export_hf.py', f'--out_dir={tmp_path / "nothing"}', cwd=tmp_path)
     assert r.returncode == 1 and r.stderr.startswith('error: no checkpoint at') and r.stderr.count('\n') == 1

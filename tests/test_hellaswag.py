@@ -162,7 +162,7 @@ def test_a_character_level_model_is_refused():
 
 def test_standalone_on_a_checkpoint(tmp_path, monkeypatch, capsys):
     needs_tiktoken_cache()
-    from common import save_checkpoint
+    from checkpoint import save_checkpoint
     args = dict(block_size=32, vocab_size=50304, n_layer=1, n_head=2, n_embd=16, bias=False)
     model = tiny_model(0, **args)
     (tmp_path / 'out').mkdir()

@@ -7,10 +7,13 @@ import torch
 import export_hf
 import hf
 import train
-from common import UserError, load_checkpoint
+from checkpoint import load_checkpoint
+from common import UserError
 from configurator import ConfigError
 from helpers import tiny_cfg, tiny_model
-from model import GPT, GPTConfig, LoRALinear, add_lora, load_model, merge_lora
+from checkpoint import load_model
+from lora import LoRALinear, add_lora, merge_lora
+from model import GPT, GPTConfig
 
 ALL = ('c_attn', 'c_proj', 'c_fc')
 

@@ -7,7 +7,8 @@ import torch.nn as nn
 
 from helpers import tiny_config, tiny_model
 import model
-from model import GPT, GPTConfig, KVCache, has_fused_adamw, peak_flops, sample_next
+from common import peak_flops
+from model import GPT, GPTConfig, KVCache, has_fused_adamw, sample_next
 
 
 def test_default_config_is_gpt2_small_with_padded_vocab():
@@ -418,7 +419,7 @@ def test_fused_adamw_on_cpu_matches_the_unfused_kernel():
 
 def test_estimate_mfu_uses_device_peak():
     model = GPT(tiny_config())
-    mfu = model.estimate_mfu(fwdbwd_per_iter=4, dt=0.01)
+    mfu = model.estimate_mfu(fwdbwd_per_iter=4, dt=0.01, peak_flops=peak_flops('cpu'))
     assert mfu is not None and mfu > 0
     assert peak_flops('cuda', 'NVIDIA H100 80GB HBM3') == 989e12
     assert peak_flops('cuda', 'NVIDIA H100 PCIe') == 756e12
@@ -479,7 +480,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(lora, monkeypatch):
     Recomputing each block in the backward pass, dropout masks included, and the loss a chunk of rows at a
     time, changes neither the loss nor any gradient beyond rounding.
     """
-    from model import Block, add_lora
+    from lora import add_lora
+    from model import Block
     calls = []
     forward = Block.forward
     monkeypatch.setattr(Block, 'forward', lambda self, *args: calls.append('block') or forward(self, *args))

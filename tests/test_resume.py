@@ -12,7 +12,8 @@ import torch
 
 import plot
 import train
-from common import UserError, checkpoint_path, load_checkpoint
+from checkpoint import checkpoint_path, load_checkpoint
+from common import UserError
 from helpers import REPO, TINY, checksums, run_in_process, run_script, tiny_cfg, val_losses
 from model import GPT
 
@@ -175,9 +176,9 @@ def test_signal_writes_a_checkpoint_that_resumes(char_data, sig):
 KILL_DURING_SAVE = r'''
 import os, sys, time, torch
 sys.path.insert(0, sys.argv[1])
-import common
+import checkpoint
 path = sys.argv[2]
-common.save_checkpoint({'model': {'w': torch.ones(3)}, 'model_args': {}, 'iter_num': 1}, path)
+checkpoint.save_checkpoint({'model': {'w': torch.ones(3)}, 'model_args': {}, 'iter_num': 1}, path)
 real_save = torch.save
 def slow_save(obj, f):
     f.write(b'partial bytes of a checkpoint')
@@ -185,7 +186,7 @@ def slow_save(obj, f):
     print('writing', flush=True)
     time.sleep(60)
 torch.save = slow_save
-common.save_checkpoint({'model': {'w': torch.zeros(3)}, 'model_args': {}, 'iter_num': 2}, path)
+checkpoint.save_checkpoint({'model': {'w': torch.zeros(3)}, 'model_args': {}, 'iter_num': 2}, path)
 '''
 
 

@@ -7,9 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import data
 import sample
 import train
-from common import UserError, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
+from common import UserError
 from data import dataset_tokenizer, load_meta
 from configurator import ConfigError, parse_config
 from helpers import REPO, needs_tiktoken_cache, run_in_process, tiny_model
@@ -147,7 +149,7 @@ def strip_tokenizer(path):
 def test_an_older_checkpoint_decodes_through_the_projects_meta_pkl(char_ckpt, tmp_path, monkeypatch):
     here = sample.sample(sample_cfg(temperature=0.0, num_samples=1))
     strip_tokenizer(os.path.join('out', 'ckpt.pt'))
-    monkeypatch.setattr(sample, 'PROJECT_DIR', os.getcwd())  # the project's data/shakespeare_char/meta.pkl
+    monkeypatch.setattr(data, 'PROJECT_DIR', os.getcwd())  # the project's data/shakespeare_char/meta.pkl
     monkeypatch.chdir(tmp_path)
     assert sample.sample(sample_cfg(out_dir=str(char_ckpt_dir(tmp_path)), temperature=0.0, num_samples=1)) == here
 
@@ -158,7 +160,7 @@ def char_ckpt_dir(tmp_path):
 
 def test_an_older_char_checkpoint_without_its_meta_pkl_is_refused_in_one_line(char_ckpt, tmp_path, monkeypatch):
     strip_tokenizer(os.path.join('out', 'ckpt.pt'))
-    monkeypatch.setattr(sample, 'PROJECT_DIR', str(tmp_path / 'no-project'))
+    monkeypatch.setattr(data, 'PROJECT_DIR', str(tmp_path / 'no-project'))
     r = run_in_process('sample.py', '--out_dir=out', '--device=cpu', '--max_new_tokens=5', cwd=os.getcwd())
     assert r.returncode == 1 and r.stdout == ''
     assert r.stderr.count('\n') == 1 and 'no vocabulary found' in r.stderr and 'meta.pkl' in r.stderr

@@ -61,7 +61,39 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_the_base_modules_import_nothing_above_them():
     assert imports_of('configurator') == set()
     assert imports_of('common') <= {'configurator'}
-    assert imports_of('data') <= {'common', 'configurator'}
+    # data.find_tokenizer imports these inside the function: the prepare scripts never load torch
+    assert imports_of('data') <= {'common', 'configurator', 'hf', 'model'}
+
+
+def test_model_py_stands_alone():
+    """The walkthrough's file: it imports no module of the project, so it can be read, and copied, on its own."""
+    assert imports_of('model') == set()
+
+
+def test_the_concepts_live_in_the_files_of_their_names():
+    """model.py is the walkthrough's file (GPT near the top); LoRA, the optimizers and checkpoints have their own."""
+    with open(os.path.join(REPO, 'model.py'), encoding='utf-8') as f:
+        source = f.read()
+    tree = ast.parse(source)
+    classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+    assert classes[:6] == ['LayerNorm', 'CausalSelfAttention', 'MLP', 'Block', 'GPTConfig', 'GPT']
+    assert next(n.lineno for n in tree.body if isinstance(n, ast.ClassDef) and n.name == 'GPT') < 200
+    assert len(source.splitlines()) <= 450
+    defined = {name: {n.name for n in ast.parse(open(os.path.join(REPO, f'{name}.py'), encoding='utf-8').read()).body
+                      if isinstance(n, (ast.ClassDef, ast.FunctionDef))} for name in ('lora', 'optim', 'checkpoint')}
+    assert {'LoRALinear', 'add_lora', 'merge_lora'} <= defined['lora']
+    assert {'Muon', 'ChainedOptimizer', 'configure_optimizer'} <= defined['optim']
+    assert {'save_checkpoint', 'load_checkpoint', 'load_model', 'own_out_dir'} <= defined['checkpoint']
+
+
+def test_train_py_shows_the_run_first():
+    """The run itself (train, start_run, train_loop) comes right after the settings, before its helpers."""
+    with open(os.path.join(REPO, 'train.py'), encoding='utf-8') as f:
+        tree = ast.parse(f.read())
+    lines = {n.name: n.lineno for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert lines['train'] < lines['start_run'] < lines['train_loop'] <= 250
+    assert all(lines['train_loop'] < line for name, line in lines.items() if name not in ('train', 'start_run',
+                                                                                          'train_loop'))
 
 
 def test_the_scripts_functions_fit_on_a_screen():

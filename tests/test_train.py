@@ -10,8 +10,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import optim
 import train
-from common import Runtime, load_checkpoint
+from checkpoint import load_checkpoint
+from common import Runtime
 from data import load_meta
 from data import TRAIN_BATCH, get_batch
 from helpers import REPO, TINY, read_log, run_script, tiny_config, tiny_model, tiny_run
@@ -342,9 +344,9 @@ def muon_cfg(**overrides):
 def test_muon_takes_exactly_the_matrices_inside_the_blocks():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32, bias=True))
-    optimizer = train.configure_optimizer(model, muon_cfg(), 'cpu')
+    optimizer = optim.configure_optimizer(model, muon_cfg(), 'cpu')
     muon, adamw = optimizer.optimizers['muon'], optimizer.optimizers['adamw']
-    assert isinstance(muon, train.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert isinstance(muon, optim.Muon) and isinstance(adamw, torch.optim.AdamW)
     names = {id(p): name for name, p in model.named_parameters()}  # the tied lm_head is listed as wte
     muon_names = sorted(names[id(p)] for g in muon.param_groups for p in g['params'])
     assert muon_names == sorted(f'transformer.h.{i}.{m}.weight' for i in range(2)
@@ -366,7 +368,7 @@ def test_muon_steps_as_torchs_muon_does(adjust_lr_fn, weight_decay, nesterov):
     """The batched Muon gives torch.optim.Muon's weights and state dict, bit for bit, and loads its state dict."""
     models = [tiny_model(n_layer=3), tiny_model(n_layer=3)]
     settings = dict(lr=0.02, momentum=0.9, weight_decay=weight_decay, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
-    theirs, ours = (cls(train.muon_params(m), **settings) for cls, m in zip((torch.optim.Muon, train.Muon), models))
+    theirs, ours = (cls(optim.muon_params(m), **settings) for cls, m in zip((torch.optim.Muon, optim.Muon), models))
     x = torch.randint(0, models[0].config.vocab_size, (4, 8), generator=torch.Generator().manual_seed(0))
     for step in range(4):
         for model, optimizer in zip(models, (theirs, ours)):
@@ -384,7 +386,8 @@ def test_muon_steps_as_torchs_muon_does(adjust_lr_fn, weight_decay, nesterov):
 
 def test_train_py_imports_without_torchs_muon():
     """PyTorch 2.6 to 2.8 have no torch.optim.Muon: train.py (and every AdamW run) must still work there."""
-    code = 'import torch; del torch.optim.Muon; import train; print(issubclass(train.Muon, torch.optim.Optimizer))'
+    code = ('import torch; del torch.optim.Muon; import train, optim; '
+            'print(issubclass(optim.Muon, torch.optim.Optimizer))')
     assert subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True).stdout == 'True\n'
 
 

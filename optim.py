@@ -1,0 +1,127 @@
+"""
+The optimizers: nanoGPT's AdamW (GPT.configure_optimizers), or Muon (https://kellerjordan.github.io/posts/muon/)
+for the 2-D weights inside the blocks with AdamW for the rest, the two stepped as one (ChainedOptimizer).
+"""
+
+import math
+
+import torch
+
+from common import UserError
+
+
+class ChainedOptimizer:
+    """
+    Optimizers over disjoint parameters, used as one: step, zero_grad, param_groups, state and the state dict,
+    which is all that train_step, the GradScaler, resume and a checkpoint ask of an optimizer.
+    """
+
+    def __init__(self, **optimizers):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self):  # read afresh: load_state_dict replaces each optimizer's groups
+        return [group for opt in self.optimizers.values() for group in opt.param_groups]
+
+    @property
+    def state(self):
+        return {p: s for opt in self.optimizers.values() for p, s in opt.state.items()}
+
+    def step(self):
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def zero_grad(self, set_to_none=True):
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state_dict):
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state_dict[name])
+
+
+# torch.optim.Muon is PyTorch 2.9's; on older ones train.py still imports, and optimizer='muon' is a clear error
+class Muon(getattr(torch.optim, 'Muon', torch.optim.Optimizer)):
+    """
+    torch.optim.Muon, stepping the matrices of one shape together (each block has one c_attn, c_fc and two
+    c_proj): one batched matmul per Newton-Schulz product instead of one per matrix, the same numbers. The
+    state and the state dict are torch.optim.Muon's; at the CPU recipe's shape its Newton-Schulz iterations take
+    two thirds of the time.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            by_shape = {}
+            for p in group['params']:
+                if p.grad is not None:
+                    by_shape.setdefault(p.shape, []).append(p)
+            for shape, params in by_shape.items():
+                grads = [p.grad for p in params]
+                for p in params:
+                    if 'momentum_buffer' not in self.state[p]:
+                        self.state[p]['momentum_buffer'] = torch.zeros_like(p.grad)
+                bufs = [self.state[p]['momentum_buffer'] for p in params]
+                torch._foreach_lerp_(bufs, grads, 1 - group['momentum'])
+                update = torch.stack(bufs)
+                if group['nesterov']:
+                    update = torch.stack(grads).lerp_(update, group['momentum'])
+                update = newton_schulz(update, group['ns_coefficients'], group['ns_steps'], group['eps'])
+                lr = group['lr']
+                adjusted_lr = muon_lr_ratio(group['adjust_lr_fn'], shape) * lr
+                for p, u in zip(params, update):
+                    p.mul_(1 - lr * group['weight_decay'])
+                    p.add_(u, alpha=-adjusted_lr)
+        return loss
+
+
+def newton_schulz(g, coefficients, steps, eps):
+    """torch.optim.Muon's orthogonalisation (quintic Newton-Schulz in bfloat16) of each matrix in g (n, rows, cols)."""
+    a, b, c = coefficients
+    x = g.bfloat16()
+    wide = g.size(-2) <= g.size(-1)
+    x = x if wide else x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norms at most 1
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x if wide else x.mT
+
+
+def muon_lr_ratio(adjust_lr_fn, shape):
+    """torch.optim.Muon's learning rate multiplier for a matrix of this shape."""
+    rows, cols = shape
+    if adjust_lr_fn in (None, 'original'):
+        return math.sqrt(max(1, rows / cols))
+    return 0.2 * math.sqrt(max(rows, cols)) if adjust_lr_fn == 'match_rms_adamw' else 1.0
+
+
+def muon_params(model):
+    """The 2-D weights inside the transformer blocks (c_attn, c_proj, c_fc, c_proj): the matrices Muon is for."""
+    return [p for p in model.transformer.h.parameters() if p.dim() == 2]
+
+
+def configure_optimizer(model, cfg, device_type):
+    """nanoGPT's AdamW; or Muon for the block matrices and AdamW for the rest (Muon is not for embeddings)."""
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == 'adamw':
+        return model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, betas, device_type)
+    if not hasattr(torch.optim, 'Muon'):
+        raise UserError(f"optimizer='muon' needs torch.optim.Muon (PyTorch 2.9 or later; this is {torch.__version__})"
+                        f": pip install -U torch")
+    matrices = muon_params(model)
+    muon_ids = {id(p) for p in matrices}
+    others = [p for p in model.parameters() if id(p) not in muon_ids]
+    # adjust_lr_fn='original' scales each update by sqrt(max(1, rows / cols)), as the modded-nanogpt speedrun does
+    muon = Muon(matrices, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
+                weight_decay=cfg.muon_weight_decay, adjust_lr_fn='original')
+    muon.param_groups[0]['lr_scale'] = cfg.muon_lr / cfg.learning_rate  # set_lr: one schedule drives both
+    adamw = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, betas, device_type, params=others)
+    return ChainedOptimizer(muon=muon, adamw=adamw)
