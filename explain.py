@@ -63,7 +63,7 @@ WHATS = ('params', 'shapes', 'attention', 'next')
 # params: what each component holds, counted on a model of the shape built on the meta device (no memory)
 
 def gpt2_config(name):
-    """The shape of one of OpenAI's GPT-2s, as GPT.from_pretrained builds it (without downloading it)."""
+    """The shape of one of OpenAI's GPT-2s, as checkpoint.load_pretrained builds it (without downloading it)."""
     return GPTConfig(**GPT2_SIZES[name], vocab_size=GPT2_VOCAB_SIZE, block_size=1024, bias=True)
 
 

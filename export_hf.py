@@ -1,6 +1,6 @@
 """
 Export a checkpoint of train.py as a Hugging Face GPT-2 folder (config.json plus model.safetensors), which
-transformers loads with GPT2LMHeadModel.from_pretrained(hf_dir), and GPT.from_pretrained(hf_dir) (or sample.py
+transformers loads with GPT2LMHeadModel.from_pretrained(hf_dir), and checkpoint.load_pretrained(hf_dir) (or sample.py
 --init_from=hf_dir) loads back.
 
 $ python export_hf.py --out_dir=out-shakespeare --hf_dir=gpt2-shakespeare
