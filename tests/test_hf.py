@@ -111,7 +111,7 @@ def test_loading_weights_unmaps_the_file_tensor_by_tensor(tmp_path):
     assert maps_of_the_file() == len(weights)
     state_dict = hf.from_hf(weights)
     weights.clear()  # as checkpoint.load_pretrained does: each tensor now only in state_dict
-    loaded = GPT.from_pretrained(dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=70, bias=True), state_dict)
+    loaded = GPT.from_pretrained(dict(vars(model.config)), state_dict)
     assert state_dict == {} and maps_of_the_file() == 0
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 
