@@ -4,7 +4,7 @@ Every nn.Linear is quantized, the output projection (lm_head) included; the toke
 weights for the lookup, so lm_head and wte are no longer one tensor.
 
 Decoding one token at batch 1 reads every weight once, so its speed is bounded by reading them: int8 reads a
-quarter of float32's bytes. Which kernels get there depends on the device (measured, see README "fast sampling"):
+quarter of float32's bytes. Which kernels get there depends on the device (measured, see docs/fast-sampling.md):
 - CPU: PyTorch's built-in dynamic quantization. Weights are int8 with a scale per output channel, and each
   Linear's input is quantized to int8 on the fly, so the matmul runs on FBGEMM's int8 kernels. Weight-only
   int8 (float activations, as torchao and torch._weight_int8pack_mm do it) runs slower than float32 here.

@@ -32,7 +32,7 @@ stop = None  # end each sample at this token: its text, e.g. '<|endoftext|>' or 
 seed = 1337
 device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where supported, else float16 on CUDA; float32 elsewhere), 'float32', ...
-compile = False  # torch.compile the decode step: one graph for every position (see README "fast sampling")
+compile = False  # torch.compile the decode step: one graph for every position (see docs/fast-sampling.md)
 quantize = None  # 'int8': int8 weights for every Linear, made at load time (see quantize.py)
 # -----------------------------------------------------------------------------
 DEFAULTS = config_from_globals(globals())

@@ -96,7 +96,7 @@ device = 'auto'  # 'auto' (cuda, then mps, then cpu), or 'cpu', 'cuda', 'cuda:1'
 dtype = 'auto'  # 'auto' (bfloat16 where supported, else float16 on CUDA; float32 elsewhere), 'float32', ...
 compile = None  # use PyTorch 2.0 to compile the model to be faster; None: on for CUDA only
 seed = 1337
-# bigger models on less memory (see the README)
+# bigger models on less memory (see docs/memory.md)
 lora_rank = 0  # LoRA finetuning: 0 trains every weight; r > 0 freezes them and trains rank-r adapters only
 lora_alpha = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank
 lora_dropout = 0.0  # dropout on the adapters' input

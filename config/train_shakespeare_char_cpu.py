@@ -19,7 +19,7 @@ n_embd = 128
 dropout = 0.0
 
 # Muon for the matrices inside the blocks at muon_lr, AdamW for the rest at learning_rate, one schedule;
-# muon_lr 0.03 and 600 iterations are the best of the sweep in README ("the Muon optimizer")
+# muon_lr 0.03 and 600 iterations are the best of the sweep in docs/muon.md
 optimizer = 'muon'
 muon_lr = 0.03
 learning_rate = 1e-3

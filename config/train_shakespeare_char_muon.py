@@ -2,7 +2,7 @@
 # 0.2), trained with Muon for the matrices inside the blocks:
 # $ python train.py config/train_shakespeare_char_muon.py
 # NOT MEASURED HERE (no GPU). muon_lr, momentum and warmup are what the CPU sweep at the smaller shape found
-# best (README, "the Muon optimizer"), in line with the modded-nanogpt speedrun's Muon lr of 0.02 and momentum
+# best (docs/muon.md), in line with the modded-nanogpt speedrun's Muon lr of 0.02 and momentum
 # 0.95; the iteration count is a guess from that sweep, where Muon needed about 3x fewer iterations than AdamW
 # for the same val loss. Watch the val loss: with dropout 0.2 this model overfits after its best.
 
