@@ -24,11 +24,15 @@ FIXTURES = os.environ.get('NANOGPT_FIXTURES', os.path.join(REPO, '..', 'shared',
 SHAKESPEARE = os.path.join(FIXTURES, 'tinyshakespeare', 'input.txt')
 TIKTOKEN_CACHE = os.path.join(FIXTURES, 'tiktoken-cache')
 
-SYNTHETIC_TEXT = ''.join(
-    f"{name}:\nWhat say you, {other}? The {thing} is {mood} tonight.\n\n"
-    for name, other, thing, mood in
-    zip(['ROMEO', 'JULIET', 'HAMLET', 'LEAR'] * 400, ['friend', 'lord', 'sir', 'madam'] * 400,
-        ['moon', 'night', 'crown', 'storm', 'sea'] * 320, ['fair', 'dark', 'cold', 'wild', 'still'] * 320))
+# a stand-in with Tiny Shakespeare's 65 characters, so that a prompt for a model of it (README's --start="To be")
+# is in the vocabulary
+SYNTHETIC_TEXT = (
+    "PROLOGUE:\nTHE QUICK BROWN FOX JUMPS OVER THE LAZY DOG; the quick brown fox jumps over the lazy dog.\n"
+    "To be, or not to be! 'Tis 3 & $ - all.\n\n"
+    + ''.join(f"{name}:\nWhat say you, {other}? The {thing} is {mood} tonight.\n\n"
+              for name, other, thing, mood in
+              zip(['ROMEO', 'JULIET', 'HAMLET', 'LEAR'] * 400, ['friend', 'lord', 'sir', 'madam'] * 400,
+                  ['moon', 'night', 'crown', 'storm', 'sea'] * 320, ['fair', 'dark', 'cold', 'wild', 'still'] * 320)))
 
 
 def shakespeare_text():

@@ -74,12 +74,17 @@ def test_generate_benchmark_compares_tokens_in_float32(monkeypatch):
         calls.append((use_kv_cache, torch.is_autocast_enabled('cpu'), torch.backends.cuda.matmul.allow_tf32, out))
         return out
     monkeypatch.setattr(GPT, 'generate', spy)
-    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', True)
-    result = bench.bench(generate_cfg(dtype='bfloat16', max_new_tokens=8, paths='cache,nocache'))
+    # set and put back by value: pytest 9.2's monkeypatch cannot undo a patch of torch's cuBLAS settings
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        result = bench.bench(generate_cfg(dtype='bfloat16', max_new_tokens=8, paths='cache,nocache'))
+        assert torch.backends.cuda.matmul.allow_tf32  # bench put it back after its float32 generations
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
     checks = [(cache, out) for cache, autocast, tf32, out in calls if not autocast and not tf32]
     assert sorted(cache for cache, _ in checks) == [False, True]
     assert result['nocache']['same_in_float32'] == torch.equal(checks[0][1], checks[1][1])
-    assert torch.backends.cuda.matmul.allow_tf32  # restored
 
 
 def test_train_benchmark_on_synthetic_data(capsys):

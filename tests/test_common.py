@@ -49,9 +49,10 @@ def fake_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True:
                         including_emulation or gpus.get_device_capability() >= (8, 0))
     monkeypatch.setattr(torch.version, 'hip', None)
-    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', torch.backends.cuda.matmul.allow_tf32)
-    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', torch.backends.cudnn.allow_tf32)
-    return gpus
+    # put back by value: pytest 9.2's monkeypatch cannot undo a patch of torch's cuBLAS settings
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield gpus
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
 @pytest.mark.parametrize('capability, dtype', [((7, 0), 'float16'), ((7, 5), 'float16'), ((8, 0), 'bfloat16'),

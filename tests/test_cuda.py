@@ -30,10 +30,14 @@ def logged_losses(out_dir):
 
 
 @pytest.fixture
-def keep_tf32(monkeypatch):
-    """setup() turns TF32 on for the process; put the settings back after the test."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', torch.backends.cuda.matmul.allow_tf32)
-    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', torch.backends.cudnn.allow_tf32)
+def keep_tf32():
+    """
+    setup() turns TF32 on for the process; put the settings back after the test, by value: pytest 9.2's
+    monkeypatch cannot undo a patch of torch's cuBLAS settings.
+    """
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
 def tiny_gpt(seed=0):
@@ -116,8 +120,8 @@ def test_fused_adamw_steps_as_the_plain_one():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_kv_cache_generation_equals_uncached_in_float32(monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
+def test_kv_cache_generation_equals_uncached_in_float32(keep_tf32):
+    torch.backends.cuda.matmul.allow_tf32 = False
     model = tiny_gpt().to(DEVICE).eval()
     prompt = torch.randint(0, 64, (3, 5), device=DEVICE)
     cached = model.generate(prompt, 40, temperature=0, use_kv_cache=True)  # runs past block_size

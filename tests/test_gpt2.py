@@ -303,10 +303,12 @@ def transformers_greedy(hf_dir, prompt, max_new_tokens, monkeypatch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
     model = transformers.GPT2LMHeadModel.from_pretrained(str(hf_dir), local_files_only=True).eval()
-    ids = tokenizer(prompt, return_tensors='pt').input_ids
-    out = model.generate(ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+    # with its attention mask: without one, generate masks every token equal to pad_token_id (0 is '\n' in a char
+    # vocabulary)
+    inputs = tokenizer(prompt, return_tensors='pt')
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=0)
-    return tokenizer.decode(out[0]), ids[0].tolist()
+    return tokenizer.decode(out[0]), inputs.input_ids[0].tolist()
 
 
 def greedy_sample(prompt, max_new_tokens, **cfg):

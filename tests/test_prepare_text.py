@@ -110,6 +110,7 @@ def check_gpt2_documents(root, name, docs, val_docs):
 
 @pytest.mark.parametrize('form', ['folder', 'files', 'glob', 'jsonl', 'jsonl_field', 'mixed'])
 def test_every_input_form_gives_the_documents_in_order(tmp_path, form):
+    needs_tiktoken_cache()  # --tokenizer=gpt2
     corpus = tmp_path / 'corpus'
     if form in ('folder', 'files', 'glob'):
         write_docs(corpus / 'a', DOCS[:5], '.txt')
@@ -138,6 +139,7 @@ def test_every_input_form_gives_the_documents_in_order(tmp_path, form):
 
 
 def test_the_command_line_takes_input_several_times(tmp_path):
+    needs_tiktoken_cache()  # --tokenizer=gpt2
     write_docs(tmp_path / 'a', DOCS[:5])
     write_docs(tmp_path / 'b', DOCS[5:])
     r = run_in_process('prepare_text.py', '--input=a', '--input=b', '--dataset=mine', '--tokenizer=gpt2',

@@ -234,8 +234,9 @@ def test_compile_compiles_the_decode_step_once(char_ckpt, monkeypatch, capsys):
     counter = torch._dynamo.testing.CompileCounter()
     real_compile = torch.compile
     monkeypatch.setattr(torch, 'compile', lambda fn: real_compile(fn, backend=counter, fullgraph=True))
-    monkeypatch.setattr(torch._inductor.config, 'freezing', False)  # restored after the test
-    assert sample.sample(sample_cfg(compile=True)) == expected
+    # torch's own patch, not monkeypatch: pytest 9.2 undoes a patch of a config module by deleting the setting
+    with torch._inductor.config.patch(freezing=False):  # sample.py turns it on; the patch restores it
+        assert sample.sample(sample_cfg(compile=True)) == expected
     assert counter.frame_count == 1
 
 

@@ -304,7 +304,9 @@ def test_the_run_says_what_it_runs_and_ends_with_a_summary(char_data, monkeypatc
                    if k not in ('transformer.wpe.weight', 'lm_head.weight'))
     assert lines[0].startswith(f'model: {n_params:,} parameters')
     assert lines[1].startswith('device: cpu, dtype float32') and 'compile off' in lines[1]
-    assert lines[2] == 'data: data/shakespeare_char, 180,000 train and 20,000 val tokens'
+    n = len((char_data / 'data' / 'shakespeare_char' / 'input.txt').read_text(encoding='utf-8'))  # 200,000 chars
+    n_train = int(n * 0.9)  # prepare.py's split: 180,000 and 20,000 of Tiny Shakespeare
+    assert lines[2] == f'data: data/shakespeare_char, {n_train:,} train and {n - n_train:,} val tokens'
     assert lines[3].startswith('tokens per iteration will be: 64 ')
     assert lines[4] == f'out_dir: {out}; starting at iteration 0, up to max_iters 6'
     assert lines[5].startswith('warmup_iters=10 is longer than the run (max_iters=6)')
