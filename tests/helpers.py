@@ -87,6 +87,19 @@ def run_in_process(script, *args, cwd):
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 
+def assert_one_line_error(result, *fragments, status=None):
+    """A mistake's result: a non-zero exit (status, if given), one line 'error: ...' on stderr holding fragments."""
+    assert result.returncode != 0
+    if status is not None:
+        assert result.returncode == status
+    assert 'Traceback' not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith('error: ')
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 # -----------------------------------------------------------------------------
 # the tiny model, and a tiny training run of it that takes seconds on a CPU
 
@@ -239,3 +252,52 @@ def loopback_server(folder):
         server.shutdown()
         server.server_close()
 
+
+# -----------------------------------------------------------------------------
+# GPT-2 in Hugging Face's formats: transformers' GPT2LMHeadModel as the reference, a GPT-2-BPE dataset
+
+def transformers_gpt2(vocab_size=100, n_positions=64):
+    """A small random GPT2LMHeadModel, with every weight and bias perturbed so that no mapping error hides."""
+    import torch
+    transformers = pytest.importorskip('transformers', reason='transformers is the reference implementation')
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=n_positions, vocab_size=vocab_size,
+                                     bos_token_id=None, eos_token_id=None)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def all_logits(model, idx):
+    """model.py's logits at every position (with targets given, forward does not keep only the last one)."""
+    logits, _ = model(idx, idx)
+    return logits
+
+
+def check_same_model(ours, theirs, vocab_size):
+    """Our model's logits equal transformers' on a random batch; returns the batch."""
+    import torch
+    idx = torch.randint(0, vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (all_logits(ours, idx) - theirs(idx).logits).abs().max().item() <= 1e-4
+    return idx
+
+
+def bpe_dataset(root):
+    """data/shakespeare with random GPT-2 token ids and no meta.pkl: train.py then pads the vocabulary to 50304."""
+    import numpy as np
+    data_dir = root / 'data' / 'shakespeare'
+    data_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        rng.integers(0, 50257, size=4000, dtype=np.uint16).tofile(data_dir / f'{split}.bin')
+
+
+def bpe_run(root, **kw):
+    """The tiny run on bpe_dataset's data/shakespeare into root/out, saving at every eval."""
+    settings = dict(dataset='shakespeare', batch_size=2, eval_iters=1, eval_interval=2, max_iters=2, warmup_iters=1,
+                    lr_decay_iters=4, always_save_checkpoint=True)
+    settings.update(kw)
+    return tiny_run(root / 'out', **settings)

@@ -7,27 +7,7 @@ import pickle
 
 import pytest
 
-from helpers import TINY, checksums, run_in_process, run_script
-
-
-def assert_one_line_error(result, *fragments, status=None):
-    assert result.returncode != 0
-    if status is not None:
-        assert result.returncode == status
-    assert 'Traceback' not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith('error: ')
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-@pytest.fixture
-def trained(char_data):
-    """A working folder with a tiny trained run in out/ (2 iterations, trained in this process)."""
-    r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=2', cwd=char_data)
-    assert r.returncode == 0, r.stderr
-    return char_data
+from helpers import TINY, assert_one_line_error, checksums, run_in_process, run_script
 
 
 @pytest.mark.parametrize('args, fragments', [
@@ -150,44 +130,6 @@ def test_meta_pkl_that_would_run_code_is_refused(tmp_path):
     (tmp_path / 'meta.pkl').write_bytes(pickle.dumps({'vocab_size': 2, 'itos': Evil(), 'stoi': {}}))
     with pytest.raises(UserError, match='holds more than plain data'):
         load_meta(str(tmp_path / 'meta.pkl'))
-
-
-def test_checkpoint_that_would_run_code_is_refused(tmp_path):
-    import torch
-
-    from checkpoint import load_checkpoint
-    from common import UserError
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ('echo pwned',))
-    torch.save({'model': {}, 'model_args': {}, 'x': Evil()}, tmp_path / 'ckpt.pt')
-    with pytest.raises(UserError, match='holds objects other than tensors and plain data'):
-        load_checkpoint(str(tmp_path / 'ckpt.pt'))
-
-
-@pytest.mark.parametrize('content', [b'garbage\n', b'hello world, not a checkpoint', b''])
-def test_a_file_that_is_not_a_checkpoint_is_damaged_not_dangerous(tmp_path, content):
-    from checkpoint import load_checkpoint
-    from common import UserError
-
-    (tmp_path / 'ckpt.pt').write_bytes(content)
-    with pytest.raises(UserError, match=r'is damaged or not a checkpoint \(not a file torch.save wrote\)'):
-        load_checkpoint(str(tmp_path / 'ckpt.pt'))
-
-
-def test_a_cut_checkpoint_says_why_in_one_sentence(tmp_path):
-    import torch
-
-    from checkpoint import load_checkpoint
-    from common import UserError
-
-    torch.save({'model': {'w': torch.zeros(1000)}, 'model_args': {}}, tmp_path / 'ckpt.pt')
-    data = (tmp_path / 'ckpt.pt').read_bytes()
-    (tmp_path / 'ckpt.pt').write_bytes(data[:len(data) // 2])
-    with pytest.raises(UserError) as e:
-        load_checkpoint(str(tmp_path / 'ckpt.pt'))
-    assert 'failed reading zip archive' in str(e.value) and 'miniz' not in str(e.value)
 
 
 @pytest.mark.parametrize('args, fragment', [
@@ -458,21 +400,6 @@ def test_a_char_table_that_does_not_fit_the_model(trained):
     r = run_in_process('sample.py', '--out_dir=out', '--device=cpu', '--start=ROMEO', cwd=trained)
     vocab_size = ckpt['model_args']['vocab_size']
     assert_one_line_error(r, f"the model has {vocab_size} token ids but its character table 20 characters")
-
-
-def test_export_into_a_folder_that_holds_a_model(trained):
-    hf_dir = trained / 'char-hf'
-    hf_dir.mkdir()
-    (hf_dir / 'pytorch_model.bin').write_bytes(b'another model')
-    (hf_dir / 'config.json').write_text('{}')
-    before = checksums(hf_dir)
-    r = run_in_process('export_hf.py', '--out_dir=out', '--hf_dir=char-hf', cwd=trained)
-    assert_one_line_error(r, "'char-hf' already holds a model (config.json, pytorch_model.bin)", '--overwrite=True')
-    assert checksums(hf_dir) == before
-    r = run_in_process('export_hf.py', '--out_dir=out', '--hf_dir=char-hf', '--overwrite=True', cwd=trained)
-    assert r.returncode == 0, r.stderr
-    # no stale weights beside the new ones
-    assert sorted(os.listdir(hf_dir)) == ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']
 
 
 @pytest.mark.parametrize('content, fragment', [

@@ -12,10 +12,9 @@ import explain
 import hf
 from checkpoint import save_checkpoint
 from common import UserError
-from helpers import needs_tiktoken_cache, run_in_process
+from helpers import assert_one_line_error, needs_tiktoken_cache, run_in_process
 from checkpoint import load_model
 from model import GPT, GPTConfig
-from test_errors import assert_one_line_error
 from test_plot import assert_png_as_stated
 
 

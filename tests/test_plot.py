@@ -10,8 +10,7 @@ import pytest
 import plot
 import train
 from common import UserError
-from helpers import TINY, read_log, run_in_process
-from test_errors import assert_one_line_error
+from helpers import TINY, assert_one_line_error, read_log, run_in_process
 
 
 def png_header_size(path):

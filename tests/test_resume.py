@@ -427,7 +427,7 @@ def test_stale_temporary_files_are_deleted_by_the_next_owner(char_data, monkeypa
 @pytest.mark.parametrize('point', ['write', 'rename'])
 def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(char_data, monkeypatch, point):
     import errno
-    from test_errors import assert_one_line_error
+    from helpers import assert_one_line_error
     monkeypatch.chdir(char_data)
     train.train(tiny_cfg(char_data, max_iters=4))
     before = checksums(char_data / 'out')

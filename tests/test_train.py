@@ -194,23 +194,13 @@ def test_resuming_on_a_gpu_puts_the_step_counts_where_the_fused_kernel_wants_the
     assert steps and all(step.device == p.device and step.dtype == torch.float32 for p, step in steps)
 
 
-@pytest.fixture
-def fake_gpu(monkeypatch):
-    """A stand-in CUDA GPU with Triton installed and a Python that torch.compile supports; tests change these."""
-    gpu = SimpleNamespace(capability=(8, 0))
-    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: gpu.capability)
-    monkeypatch.setattr(torch.version, 'hip', None)
-    monkeypatch.setattr(torch._dynamo, 'is_dynamo_supported', lambda: True)
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: object() if name == 'triton' else
-                        real_find_spec(name, *a))
-    return Runtime('cuda:0', 'cuda', 'bfloat16', nullcontext())
+GPU_RUNTIME = Runtime('cuda:0', 'cuda', 'bfloat16', nullcontext())
 
 
-def test_compile_is_on_by_default_on_a_gpu_where_it_works(fake_gpu):
+def test_compile_is_on_by_default_on_a_gpu_where_it_works(fake_gpus):
     model = tiny_model()
-    assert train.wrap_model(model, None, fake_gpu) is not model  # compiled (lazily: nothing runs until called)
-    assert train.wrap_model(model, False, fake_gpu) is model
+    assert train.wrap_model(model, None, GPU_RUNTIME) is not model  # compiled (lazily: nothing runs until called)
+    assert train.wrap_model(model, False, GPU_RUNTIME) is model
 
 
 @pytest.mark.parametrize('blocker, reason', [
@@ -218,17 +208,17 @@ def test_compile_is_on_by_default_on_a_gpu_where_it_works(fake_gpu):
     ('no_triton', 'needs Triton'),
     ('python', 'cannot compile on Python'),
 ])
-def test_compile_is_off_by_default_where_it_cannot_work_and_says_why(fake_gpu, monkeypatch, capsys, blocker,
+def test_compile_is_off_by_default_where_it_cannot_work_and_says_why(fake_gpus, monkeypatch, capsys, blocker,
                                                                      reason):
     """A P100 (6.x), a machine without Triton (Windows), a Python newer than the installed PyTorch compiles for."""
     if blocker == 'old_gpu':
-        monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (6, 1))
+        fake_gpus.capability = [(6, 1), (6, 1)]
     elif blocker == 'no_triton':
         monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None)
     else:
         monkeypatch.setattr(torch._dynamo, 'is_dynamo_supported', lambda: False)
     model = tiny_model()
-    assert train.wrap_model(model, None, fake_gpu) is model
+    assert train.wrap_model(model, None, GPU_RUNTIME) is model
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('not compiling the model') and reason in lines[0]
 
