@@ -11,7 +11,8 @@ sys.path.insert(0, REPO)
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 import torch  # noqa: E402
 
-from helpers import TIKTOKEN_CACHE, TINY, load_script, loopback_server, run_in_process, shakespeare_text  # noqa: E402
+from helpers import (TIKTOKEN_CACHE, TINY, load_script, loopback_server, run_in_process, shakespeare_text,  # noqa: E402
+                     tiny_model)
 
 torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 
@@ -42,11 +43,10 @@ def char_ckpt(char_data, monkeypatch):
     """A random char-level model saved as out/ckpt.pt, with char_data (holding data/shakespeare_char) as cwd."""
     from checkpoint import save_checkpoint
     from data import dataset_tokenizer, load_meta
-    from model import GPT, GPTConfig
     monkeypatch.chdir(char_data)
     vocab_size = load_meta(os.path.join('data', 'shakespeare_char', 'meta.pkl'))['vocab_size']
     model_args = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, bias=False, vocab_size=vocab_size)
-    model = GPT(GPTConfig(**model_args))
+    model = tiny_model(**model_args)
     os.makedirs('out')
     save_checkpoint({'model': model.state_dict(), 'model_args': model_args, 'config': {'dataset': 'shakespeare_char'},
                      'tokenizer': dataset_tokenizer(os.path.join('data', 'shakespeare_char'))},

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from helpers import TINY, assert_one_line_error, checksums, run_in_process, run_script
+from helpers import TINY, assert_one_line_error, checksums, run_in_process, run_script, tiny_model
 
 
 @pytest.mark.parametrize('args, fragments', [
@@ -332,8 +332,7 @@ def test_hf_config_that_cannot_build_a_model(tmp_path):
     import json
 
     import hf
-    from model import GPT, GPTConfig
-    hf.save_pretrained(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20)), str(tmp_path / 'm'))
+    hf.save_pretrained(tiny_model(n_layer=1, n_embd=16, block_size=8, vocab_size=20), str(tmp_path / 'm'))
     config = json.loads((tmp_path / 'm' / 'config.json').read_text())
     config['n_layer'] = '1'
     (tmp_path / 'm' / 'config.json').write_text(json.dumps(config))

@@ -12,7 +12,7 @@ import explain
 import hf
 from checkpoint import save_checkpoint
 from common import UserError
-from helpers import assert_one_line_error, needs_tiktoken_cache, run_in_process
+from helpers import assert_one_line_error, needs_tiktoken_cache, run_in_process, tiny_model
 from checkpoint import load_model
 from model import GPT, GPTConfig
 from test_plot import assert_png_as_stated
@@ -69,7 +69,7 @@ def test_params_of_a_shape_given_on_the_command_line(tmp_path):
     block = 12 * C * C + 2 * C  # no biases: the four matrices and two LayerNorm gains
     assert row(r.stdout, 'one block') == block
     assert row(r.stdout, 'total') == 65 * C + 16 * C + 3 * block + C
-    model = GPT(GPTConfig(n_layer=3, n_head=2, n_embd=32, block_size=16, vocab_size=65, bias=False))
+    model = tiny_model(n_layer=3, vocab_size=65, bias=False)
     assert row(r.stdout, 'total') == sum(p.numel() for p in model.parameters())
     # the settings not given are GPT-2 124M's
     r = run_in_process('explain.py', '--n_layer=6', cwd=tmp_path)
@@ -232,7 +232,7 @@ def test_next_token_probabilities(char_ckpt, capsys):
 
 def test_every_mode_on_a_hugging_face_folder(tmp_path, capsys):
     needs_tiktoken_cache()
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=32, vocab_size=50257, bias=True))
+    model = tiny_model(n_embd=16, block_size=32, vocab_size=50257)
     hf.save_pretrained(model, str(tmp_path / 'tiny-gpt2'))
     folder = str(tmp_path / 'tiny-gpt2')
     text = explain.explain(explain_cfg(init_from=folder))

@@ -19,8 +19,7 @@ from checkpoint import load_pretrained
 from common import UserError
 from data import load_meta
 from helpers import (all_logits, assert_one_line_error, bpe_dataset, bpe_run, check_same_model, checksums, load_script,
-                     needs_tiktoken_cache, run_in_process, run_script, shakespeare_text)
-from model import GPT, GPTConfig
+                     needs_tiktoken_cache, run_in_process, run_script, shakespeare_text, tiny_model)
 
 
 @pytest.mark.parametrize('bias', [True, False])
@@ -47,9 +46,8 @@ def test_export_to_transformers(tmp_path, monkeypatch, bias):
 
 def write_checkpoint(out_dir, bias=False):
     """A checkpoint with the keys export_hf.py reads, of a small random model."""
-    torch.manual_seed(0)
     model_args = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20, bias=bias)
-    model = GPT(GPTConfig(**model_args))
+    model = tiny_model(**model_args)
     out_dir.mkdir()
     torch.save({'model': model.state_dict(), 'model_args': model_args}, out_dir / 'ckpt.pt')
     return model.eval()

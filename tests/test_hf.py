@@ -11,7 +11,8 @@ import torch
 
 import hf
 from common import UserError
-from model import GPT, GPTConfig
+from helpers import tiny_model
+from model import GPT
 
 
 def sample_tensors():
@@ -79,7 +80,7 @@ def test_damaged_safetensors_are_user_errors(tmp_path):
 
 @pytest.mark.parametrize('bias', [True, False])
 def test_hf_layout_round_trip(bias):
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=70, bias=bias))
+    model = tiny_model(vocab_size=70, bias=bias)
     hf_state = hf.to_hf(model.state_dict())
     assert 'lm_head.weight' not in hf_state  # tied, as in HF's own files
     assert hf_state['transformer.h.0.attn.c_attn.weight'].shape == (32, 96)  # Conv1D: (in, out)
@@ -99,7 +100,7 @@ def test_hf_layout_round_trip(bias):
 @pytest.mark.skipif(not os.path.exists('/proc/self/maps'), reason="reads the process's memory maps")
 def test_loading_weights_unmaps_the_file_tensor_by_tensor(tmp_path):
     """Each tensor is mapped on its own and dropped once copied: the file does not stay in memory beside the model."""
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=70, bias=True))
+    model = tiny_model(vocab_size=70)
     path = str(tmp_path / 'model.safetensors')
     hf.write_safetensors(hf.to_hf(model.state_dict()), path)
 

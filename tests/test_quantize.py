@@ -6,13 +6,12 @@ import torch.nn as nn
 
 from common import UserError
 from configurator import ConfigError
-from model import GPT, GPTConfig
+from helpers import tiny_model
 from quantize import check_quantize, quantize_model
 
 
 def small_model(seed=0):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=64, bias=True)).eval()
+    return tiny_model(seed, block_size=32, vocab_size=64, n_embd=64)
 
 
 def relative_error(logits, reference):

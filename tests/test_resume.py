@@ -14,7 +14,7 @@ import plot
 import train
 from checkpoint import checkpoint_path, load_checkpoint
 from common import UserError
-from helpers import REPO, TINY, checksums, run_in_process, run_script, tiny_cfg, val_losses
+from helpers import REPO, TINY, checksums, run_in_process, run_script, tiny_cfg, tiny_model, val_losses
 from model import GPT
 
 
@@ -259,9 +259,8 @@ def test_new_run_into_a_used_out_dir_is_refused(char_data, monkeypatch, kept, in
         (out / name).unlink(missing_ok=True)
     before = checksums(out)
     if init_from == 'hf':  # a pretrained start is refused just the same
-        from model import GPT, GPTConfig
         import hf
-        hf.save_pretrained(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=65)),
+        hf.save_pretrained(tiny_model(n_layer=1, block_size=32, vocab_size=65),
                            str(char_data / 'tiny-hf'))
         init_from = str(char_data / 'tiny-hf')
     with pytest.raises(UserError, match=rf"out_dir '.*out' already holds a run \({', '.join(kept)}\); resume it "

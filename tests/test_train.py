@@ -18,7 +18,7 @@ from data import load_meta
 from data import TRAIN_BATCH, get_batch
 from helpers import REPO, TINY, read_log, run_script, tiny_config, tiny_model, tiny_run
 from configurator import ConfigError
-from model import GPT, GPTConfig, has_fused_adamw
+from model import GPT, has_fused_adamw
 
 
 def lr_cfg(**kw):
@@ -334,8 +334,7 @@ def muon_cfg(**overrides):
 
 
 def test_muon_takes_exactly_the_matrices_inside_the_blocks():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=32, bias=True))
+    model = tiny_model(n_embd=16, block_size=8, vocab_size=32)
     optimizer = optim.configure_optimizer(model, muon_cfg(), 'cpu')
     muon, adamw = optimizer.optimizers['muon'], optimizer.optimizers['adamw']
     assert isinstance(muon, optim.Muon) and isinstance(adamw, torch.optim.AdamW)
