@@ -303,7 +303,8 @@ def test_the_run_says_what_it_runs_and_ends_with_a_summary(char_data, monkeypatc
     n_params = sum(v.numel() for k, v in model['model'].items()
                    if k not in ('transformer.wpe.weight', 'lm_head.weight'))
     assert lines[0].startswith(f'model: {n_params:,} parameters')
-    assert lines[1].startswith('device: cpu, dtype float32') and 'compile off' in lines[1]
+    from common import cpu_text
+    assert lines[1].startswith(f'device: cpu ({cpu_text()}), dtype float32') and 'compile off' in lines[1]
     assert lines[2] == 'data: data/shakespeare_char, 180,000 train and 20,000 val tokens'
     assert lines[3].startswith('tokens per iteration will be: 64 ')
     assert lines[4] == f'out_dir: {out}; starting at iteration 0, up to max_iters 6'
@@ -384,6 +385,96 @@ def test_muon_steps_as_torchs_muon_does(adjust_lr_fn, weight_decay, nesterov):
                for i, s in torchs['state'].items())
 
 
+@pytest.mark.parametrize('capability, avx512_bf16, amx, onednn_isa, native', [
+    ('AVX2', False, False, None, False),  # most laptops and many cloud CPUs
+    ('AVX512', False, False, None, False),  # Skylake-X to Ice Lake: AVX-512 without its bfloat16 instructions
+    ('AVX512', True, False, None, True),  # AMD Zen 4 on, Intel Cooper Lake
+    ('AVX512', False, True, None, True),  # Intel Sapphire Rapids on (AMX)
+    ('AVX2', True, False, None, False),  # held to AVX2 by ATEN_CPU_CAPABILITY=avx2
+    ('AVX512', True, False, 'avx2', False),  # oneDNN held below its bfloat16 instructions
+    ('AVX512', True, False, 'AVX512_CORE_BF16', True),
+    ('DEFAULT', False, False, None, False),  # e.g. ARM: not measured, float32
+])
+def test_newton_schulz_runs_in_bfloat16_only_where_the_cpu_has_it(monkeypatch, capability, avx512_bf16, amx,
+                                                                    onednn_isa, native):
+    """'auto' follows the CPU's capability; 'float32' and 'bfloat16' are what they say anywhere."""
+    from common import cpu_text
+    monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda: capability)
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx)
+    if onednn_isa is None:
+        monkeypatch.delenv('ONEDNN_MAX_CPU_ISA', raising=False)
+    else:
+        monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', onednn_isa)
+    assert optim.newton_schulz_dtype('auto', 'cpu') == (torch.bfloat16 if native else torch.float32)
+    assert optim.newton_schulz_dtype('float32', 'cpu') == torch.float32
+    assert optim.newton_schulz_dtype('bfloat16', 'cpu') == torch.bfloat16
+    assert cpu_text() == capability + (' with native bfloat16' + (' (AMX)' if amx else '') if native else '')
+    model = tiny_model()
+    muon = optim.configure_optimizer(model, muon_cfg(), 'cpu').optimizers['muon']
+    assert muon.ns_dtype == (torch.bfloat16 if native else torch.float32)
+    assert 'bfloat16 is not native here' in train.muon_text(muon, 'auto') or native
+
+
+@pytest.mark.parametrize('capability, native', [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_newton_schulz_on_cuda_runs_in_bfloat16_from_ampere_on(monkeypatch, capability, native):
+    monkeypatch.setattr(torch.version, 'hip', None)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability)
+    assert optim.newton_schulz_dtype('auto', 'cuda:0') == (torch.bfloat16 if native else torch.float32)
+    assert optim.newton_schulz_dtype('auto', 'mps') == torch.float32  # not measured there
+
+
+def with_singular_values(shape, values, seed):
+    """Matrices (n, rows, cols) in float64 with these singular values and random singular vectors."""
+    g = torch.Generator().manual_seed(seed)
+    n, rows, cols = shape
+    u = torch.linalg.qr(torch.randn(n, rows, len(values), generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(n, cols, len(values), generator=g, dtype=torch.float64))[0]
+    return u @ torch.diag_embed(values.expand(n, -1)) @ v.mT
+
+
+@pytest.mark.parametrize('shape', [(4, 128, 384), (4, 128, 128), (4, 512, 128), (4, 128, 512)])
+# bfloat16 keeps 8 bits of each number: a singular value within 0.03, the whole update within 5% (0.034 to 0.036 seen)
+@pytest.mark.parametrize('dtype, tolerance, matrix_tolerance', [(torch.float32, 1e-4, 1e-4),
+                                                                (torch.bfloat16, 0.03, 0.05)])
+def test_newton_schulz_maps_each_singular_value_by_the_quintic(shape, dtype, tolerance, matrix_tolerance):
+    """
+    At the CPU recipe's shapes (n_embd 128), in each dtype: Newton-Schulz keeps the singular vectors and takes each
+    singular value s (after scaling to unit Frobenius norm) to p(p(p(p(p(s))))), p(s) = a s + b s^3 + c s^5, as
+    the same iterations do in float64; so the update's singular values lie in the band the polynomial maps the
+    input's to.
+    """
+    coefficients, steps, eps = (3.4445, -4.7750, 2.0315), 5, 1e-7  # torch.optim.Muon's defaults
+    a, b, c = coefficients
+    k = min(shape[1:])
+    # a hundredfold spread of singular values, log-spaced, as in a gradient's momentum
+    values = torch.logspace(-2, 0, k, dtype=torch.float64)
+    g = with_singular_values(shape, values, seed=k + shape[1])
+    scaled = values / values.norm()
+
+    def p(s):
+        return a * s + b * s ** 3 + c * s ** 5
+
+    expected = scaled
+    for _ in range(steps):
+        expected = p(expected)
+    reference = optim.newton_schulz(g, coefficients, steps, eps, torch.float64)
+    expected = expected.sort(descending=True).values  # p is not monotone: as svdvals lists them
+    assert torch.allclose(torch.linalg.svdvals(reference), expected.expand(shape[0], -1), atol=1e-9)
+    # the band: the polynomial's image of every value from the input's smallest to 1
+    band = torch.linspace(float(scaled.min()), 1.0, 100_001, dtype=torch.float64)
+    for _ in range(steps):
+        band = p(band)
+    assert 0.6 < band.min() < 0.7 and 1.1 < band.max() < 1.25  # about [0.68, 1.13 to 1.20]
+    ours = optim.newton_schulz(g.float(), coefficients, steps, eps, dtype)
+    assert ours.dtype == dtype
+    ours = ours.double()
+    singular = torch.linalg.svdvals(ours)
+    assert (singular > band.min() - tolerance).all() and (singular < band.max() + tolerance).all()
+    assert torch.allclose(singular, torch.linalg.svdvals(reference), atol=tolerance)
+    assert (ours - reference).norm() / reference.norm() < matrix_tolerance
+
+
 def test_train_py_imports_without_torchs_muon():
     """PyTorch 2.6 to 2.8 have no torch.optim.Muon: train.py (and every AdamW run) must still work there."""
     code = ('import torch; del torch.optim.Muon; import train, optim; '
@@ -402,6 +493,8 @@ def test_optimizer_setting_is_checked():
         train.check_settings(muon_cfg(fsdp=True))
     with pytest.raises(ConfigError, match="optimizer='muon' does not work with lora_rank > 0"):
         train.check_settings(muon_cfg(lora_rank=4))
+    with pytest.raises(ConfigError, match="muon_ns_dtype='float16' is not one of 'auto', 'float32', 'bfloat16'"):
+        train.check_settings(muon_cfg(muon_ns_dtype='float16'))
 
 
 def test_the_readme_adamw_command_is_the_adamw_cpu_config(monkeypatch):
