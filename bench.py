@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from common import UserError, device_peak_flops, return_freed_memory, run_main, setup, threads_text
+from common import UserError, device_peak_flops, device_text, return_freed_memory, run_main, setup, threads_text
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
 from data import TRAIN_BATCH, data_files, get_batch
 from checkpoint import load_model
@@ -34,7 +34,9 @@ from lora import add_lora
 from model import GPT, PADDED_VOCAB_SIZE, GPTConfig
 from quantize import check_quantize
 from sample import prepare_model
-from train import estimate_loss, train_step, wrap_model
+from optim import check_optimizer_settings, configure_optimizer
+from train import DEFAULTS as TRAIN_DEFAULTS
+from train import estimate_loss, muon_text, train_step, wrap_model
 
 # -----------------------------------------------------------------------------
 mode = 'train'  # 'train': the training step; 'generate': generation along several paths
@@ -49,6 +51,8 @@ bias = True
 batch_size = 12  # sequences per micro-step
 gradient_accumulation_steps = 1  # micro-steps per step
 grad_clip = 1.0  # as train.py: clip gradients at this norm, or 0.0 for no clipping
+optimizer = 'adamw'  # as train.py: 'adamw', or 'muon' (its default settings) for the matrices inside the blocks
+muon_ns_dtype = 'auto'  # as train.py: Newton-Schulz in 'float32' or 'bfloat16'; 'auto': bfloat16 where native
 dataset = ''  # '': synthetic batches; else batches from data/<dataset>, as train.py draws them
 warmup_steps = 10  # untimed steps first: compilation, the allocator and kernel choice happen in these
 num_steps = 20  # timed steps
@@ -87,6 +91,7 @@ def check_settings(cfg):
     require(cfg, 'seed', *SEED_RANGE)
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(f"n_embd={cfg.n_embd} must be a multiple of n_head={cfg.n_head}")
+    check_optimizer_settings(cfg)
 
 
 def synchronize(device_type):
@@ -112,7 +117,9 @@ def bench_train(cfg):
         return_freed_memory()  # as train.py does with these settings
     rt = setup(cfg.device, cfg.dtype)
     raw_model = bench_model(cfg, rt)
-    optimizer = raw_model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), rt.device_type)
+    # train.py's optimizer settings (AdamW: weight decay 0.1, lr 6e-4, betas 0.9 and 0.95), but for these two
+    optimizer = configure_optimizer(raw_model, as_namespace({**TRAIN_DEFAULTS, 'optimizer': cfg.optimizer,
+                                                             'muon_ns_dtype': cfg.muon_ns_dtype}), rt.device)
     scaler = torch.amp.GradScaler(rt.device_type, enabled=(rt.dtype == 'float16'))
     model = wrap_model(raw_model, cfg.compile, rt)
     files = data_files(os.path.join('data', cfg.dataset), 'train') if cfg.dataset else None
@@ -127,8 +134,10 @@ def bench_train(cfg):
     print(f"train: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {cfg.block_size}, vocab "
           f"{cfg.vocab_size}, {raw_model.get_num_params() / 1e6:.1f}M params; batch {cfg.batch_size} x "
           f"{cfg.gradient_accumulation_steps}, {'data/' + cfg.dataset if files else 'synthetic data'}; "
-          f"{rt.dtype} on {rt.device}, compile {model is not raw_model}, lora_rank {cfg.lora_rank}, "
+          f"{rt.dtype} on {device_text(rt.device)}, compile {model is not raw_model}, lora_rank {cfg.lora_rank}, "
           f"gradient_checkpointing {cfg.gradient_checkpointing}")
+    if cfg.optimizer == 'muon':
+        print(muon_text(optimizer.optimizers['muon'], cfg.muon_ns_dtype))
 
     def steps(n, first):
         next_batch, loss = batch(first, 0), None
@@ -246,7 +255,7 @@ def bench_generate(cfg):
     print(f"generate: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, block {c.block_size}, vocab "
           f"{c.vocab_size} ({'random weights' if cfg.init_from == 'scratch' else cfg.init_from}); batch "
           f"{cfg.num_samples}, prompt {cfg.prompt_len}, {cfg.max_new_tokens} new tokens, greedy, {rt.dtype} on "
-          f"{rt.device} ({threads_text(torch.get_num_threads())})")
+          f"{device_text(rt.device)}, {threads_text(torch.get_num_threads())}")
     fns = generation_paths(cfg, rt, model)
     if not fns:
         raise ConfigError(f"no path of paths={cfg.paths!r} can run here; add cache")

@@ -107,13 +107,52 @@ def pick_dtype(dtype, device):
     if dtype == 'auto':
         if torch.device(device).type != 'cuda':
             return 'float32'
-        # not torch.cuda.is_bf16_supported(): by default it counts the emulated, several times slower bfloat16 of
-        # V100s and T4s (compute capability 7.x), whose fast path is float16
-        native = torch.version.hip or torch.cuda.get_device_capability(device) >= (8, 0)
-        return 'bfloat16' if native else 'float16'
+        return 'bfloat16' if cuda_bfloat16_native(device) else 'float16'
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; use auto, float32, bfloat16 or float16")
     return dtype
+
+
+def cuda_bfloat16_native(device):
+    """Whether this CUDA GPU runs bfloat16 in hardware: NVIDIA compute capability 8.0+ (Ampere on), or AMD."""
+    import torch
+    # not torch.cuda.is_bf16_supported(): by default it counts the emulated, several times slower bfloat16 of
+    # V100s and T4s (compute capability 7.x), whose fast path is float16
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+# oneDNN, which runs PyTorch's bfloat16 matmuls on the CPU, can be held below its bfloat16 instructions
+ONEDNN_NO_BFLOAT16 = ('SSE41', 'AVX', 'AVX2', 'AVX2_VNNI', 'AVX2_VNNI_2', 'AVX512_CORE', 'AVX512_CORE_VNNI')
+
+
+def cpu_bfloat16_native():
+    """
+    Whether PyTorch multiplies bfloat16 in hardware on this CPU: AVX512_BF16 or AMX, with PyTorch's AVX512 kernels
+    in use (ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA can hold it to AVX2). Elsewhere bfloat16 is converted to
+    float32 and back around every product: a 128x128 matmul ran 27x to 34x slower than in float32 (AVX2).
+    """
+    import torch
+    if not torch.backends.cpu.get_cpu_capability().startswith('AVX512'):
+        return False
+    if os.environ.get('ONEDNN_MAX_CPU_ISA', '').upper() in ONEDNN_NO_BFLOAT16:
+        return False
+    return any(getattr(torch.cpu, f, lambda: False)() for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
+
+
+def cpu_text():
+    """What this CPU offers PyTorch, e.g. 'AVX2' or 'AVX512 with native bfloat16 (AMX)'."""
+    import torch
+    text = torch.backends.cpu.get_cpu_capability()
+    if cpu_bfloat16_native():
+        amx = getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)()
+        text += f" with native bfloat16{' (AMX)' if amx else ''}"
+    return text
+
+
+def device_text(device):
+    """The device for the lines that say what a process runs on: a CPU with what it offers, e.g. 'cpu (AVX2)'."""
+    import torch
+    return f"{device} ({cpu_text()})" if torch.device(device).type == 'cpu' else device
 
 
 def compile_blocker(device):

@@ -34,14 +34,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (BEST, LAST, LOG, MODEL_ARGS, checkpoint_name, checkpoint_path, load_model, load_optimizer_state,
                         model_state, own_out_dir, save_state)
-from common import (UserError, all_or_none, compile_blocker, device_peak_flops, dist_env, local_rank0_first, print0,
-                    return_freed_memory, run_main, setup, teardown, threads_text)
+from common import (UserError, all_or_none, compile_blocker, device_peak_flops, device_text, dist_env,
+                    local_rank0_first, print0, return_freed_memory, run_main, setup, teardown, threads_text)
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
 from data import (DROPOUT, EVAL_BATCH, PROJECT_DIR, SPLITS, TRAIN_BATCH, data_files, dataset_tokenizer, get_batch,
                   meta_vocab_size, prepare_small_dataset)
 from lora import LORA_TARGETS, init_lora, lora_checkpoint, lora_target_names
 from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig
-from optim import configure_optimizer
+from optim import check_optimizer_settings, configure_optimizer
 
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText
@@ -85,6 +85,7 @@ optimizer = 'adamw'  # 'adamw' (nanoGPT's) or 'muon'
 muon_lr = 0.02  # Muon's peak learning rate; it follows learning_rate's warmup and decay, in proportion
 muon_momentum = 0.95
 muon_weight_decay = 0.0  # decoupled: each step scales the matrices by (1 - lr * muon_weight_decay)
+muon_ns_dtype = 'auto'  # Newton-Schulz in 'float32' or 'bfloat16'; 'auto': bfloat16 where the device runs it natively
 # learning rate decay settings
 decay_lr = True  # whether to decay the learning rate
 warmup_iters = 2000  # how many steps to warm up for
@@ -175,7 +176,8 @@ def train_loop(cfg, rt, stop):
     accum_steps = cfg.gradient_accumulation_steps // rt.world_size  # micro-steps on each process
     files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set = start_run(cfg, rt)
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * raw_model.config.block_size
-    for line in run_header(cfg, rt, raw_model, model, files, tokens_per_iter, iter_num, best) + schedule_warnings(cfg):
+    header = run_header(cfg, rt, raw_model, model, optimizer, files, tokens_per_iter, iter_num, best)
+    for line in header + schedule_warnings(cfg):
         print0(line)
     tokenizer = dataset_tokenizer(os.path.join('data', cfg.dataset))  # read once: the data may go during the run
     # the batch of (iteration, micro-step), a function of the seed alone: the same for 1 or N processes
@@ -309,13 +311,9 @@ def check_settings(cfg):
                           f"comma-separated")
     if cfg.fsdp and cfg.eval_hellaswag:
         raise ConfigError("eval_hellaswag is not supported with fsdp=True; score the checkpoint with hellaswag.py")
-    if cfg.optimizer not in ('adamw', 'muon'):
-        raise ConfigError(f"optimizer='{cfg.optimizer}' is not one of 'adamw', 'muon'")
     if cfg.optimizer == 'muon' and cfg.learning_rate <= 0:  # Muon's schedule is learning_rate's, scaled
         raise ConfigError(f"learning_rate={cfg.learning_rate} must be above 0 with optimizer='muon'")
-    if cfg.optimizer == 'muon' and (cfg.fsdp or cfg.lora_rank):  # Muon needs whole matrices, and LoRA is AdamW's
-        raise ConfigError(f"optimizer='muon' does not work with {'fsdp=True' if cfg.fsdp else 'lora_rank > 0'}; "
-                          f"use optimizer='adamw'")
+    check_optimizer_settings(cfg)
 
 
 def schedule_warnings(cfg):
@@ -422,7 +420,7 @@ def init_optimizer(model, checkpoint, cfg, rt):
     """
     # float16 needs loss scaling to keep small gradients from underflowing; a no-op otherwise
     scaler = torch.amp.GradScaler(rt.device_type, enabled=(rt.dtype == 'float16'))
-    optimizer = configure_optimizer(model, cfg, rt.device_type)
+    optimizer = configure_optimizer(model, cfg, rt.device)
     if checkpoint is not None:
         trained_with = checkpoint.get('config', {}).get('optimizer', 'adamw')
         if trained_with != cfg.optimizer:
@@ -684,8 +682,11 @@ class StopRequest:
 # -----------------------------------------------------------------------------
 # the console: what will run, how fast it goes, and what it left
 
-def run_header(cfg, rt, raw_model, model, files, tokens_per_iter, iter_num, best):
-    """The lines a run starts with: the model, the machine, the data, the batch, where it writes, where it starts."""
+def run_header(cfg, rt, raw_model, model, optimizer, files, tokens_per_iter, iter_num, best):
+    """
+    The lines a run starts with: the model, the machine (a CPU's vector instructions), the optimizer when it is
+    Muon, the data, the batch, where it writes, where it starts.
+    """
     c = raw_model.config
     compiled = hasattr(getattr(model, 'module', model), '_orig_mod')  # torch.compile's wrapper, maybe in DDP's
     tokens = {split: sum(n for _, _, n in split_files) for split, split_files in files.items()}
@@ -695,8 +696,9 @@ def run_header(cfg, rt, raw_model, model, files, tokens_per_iter, iter_num, best
     lines = [
         f"model: {raw_model.get_num_params():,} parameters (n_layer {c.n_layer}, n_head {c.n_head}, "
         f"n_embd {c.n_embd}, block_size {c.block_size}, vocab_size {c.vocab_size})",
-        f"device: {rt.device}, dtype {rt.dtype}, {threads_text(torch.get_num_threads())}, "
-        f"compile {'on' if compiled else 'off'}{processes}",
+        f"device: {device_text(rt.device)}, dtype {rt.dtype}, "
+        f"{threads_text(torch.get_num_threads())}, compile {'on' if compiled else 'off'}{processes}",
+        *([muon_text(optimizer.optimizers['muon'], cfg.muon_ns_dtype)] if cfg.optimizer == 'muon' else []),
         f"data: data/{cfg.dataset}, {tokens['train']:,} train and {tokens['val']:,} val tokens",
         f"tokens per iteration will be: {tokens_per_iter:,} (gradient_accumulation_steps "
         f"{cfg.gradient_accumulation_steps} x batch_size {cfg.batch_size} x block_size {c.block_size})",
@@ -706,6 +708,15 @@ def run_header(cfg, rt, raw_model, model, files, tokens_per_iter, iter_num, best
         lines.append(f"the run already reached max_iters={cfg.max_iters}: this evaluates and stops; raise max_iters "
                      f"(e.g. --max_iters={2 * cfg.max_iters}) to train on")
     return lines
+
+
+def muon_text(muon, setting):
+    """The header's line for Muon: its Newton-Schulz steps and their dtype, and why that dtype."""
+    ns_dtype = str(muon.ns_dtype).removeprefix('torch.')
+    why = (f", muon_ns_dtype='{setting}'" if setting != 'auto' else
+           ': bfloat16 is not native here' if muon.ns_dtype == torch.float32 else '')
+    return (f"optimizer: Muon for the matrices in the blocks ({muon.param_groups[0]['ns_steps']} Newton-Schulz steps "
+            f"in {ns_dtype}{why}), AdamW for the rest")
 
 
 def log_line(iter_num, lossf, dt, tokens_per_iter, mfu, cfg):

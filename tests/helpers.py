@@ -137,6 +137,15 @@ def tiny_cfg(workdir, **overrides):
     return tiny_run(**settings)
 
 
+def muon_cfg(**overrides):
+    """train.py's settings (a namespace) with optimizer='muon', as configure_optimizer and check_settings take them."""
+    from types import SimpleNamespace
+
+    import train
+    return SimpleNamespace(**{**train.DEFAULTS, 'optimizer': 'muon', 'learning_rate': 1e-3, 'muon_lr': 0.02,
+                              **overrides})
+
+
 def shard_dataset(root, vocab_size=50257):
     """data/fw with 3 train shards and 1 val shard of a repeating 50-token pattern (easy to learn)."""
     import pickle

@@ -95,6 +95,17 @@ def test_train_benchmark_on_synthetic_data(capsys):
     assert capsys.readouterr().out.splitlines()[-1].startswith('train: ')
 
 
+def test_train_benchmark_with_muon_says_its_newton_schulz_dtype(capsys):
+    """bench.py times train.py's Muon step, and says what the CPU offers and the dtype Muon orthogonalises in."""
+    from common import cpu_text
+    cfg = dict(bench.DEFAULTS, **TINY_SHAPE, batch_size=4, warmup_steps=1, num_steps=2, compile=False,
+               optimizer='muon', muon_ns_dtype='float32')
+    assert math.isfinite(bench.bench(cfg)['loss'])
+    lines = capsys.readouterr().out.splitlines()
+    assert f'on cpu ({cpu_text()})' in lines[0]
+    assert lines[1].startswith('optimizer: Muon') and "in float32, muon_ns_dtype='float32'" in lines[1]
+
+
 def test_train_benchmark_on_a_dataset_with_a_profile(char_data, monkeypatch, capsys):
     monkeypatch.chdir(char_data)
     cfg = dict(bench.DEFAULTS, **TINY_SHAPE, dataset='shakespeare_char', batch_size=4, warmup_steps=1, num_steps=2,

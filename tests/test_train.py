@@ -1,24 +1,20 @@
-import copy
 import importlib.util
 import math
 import os
-import subprocess
-import sys
 from contextlib import nullcontext
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-import optim
 import train
 from checkpoint import load_checkpoint
 from common import Runtime
 from data import load_meta
 from data import TRAIN_BATCH, get_batch
-from helpers import REPO, TINY, read_log, run_script, tiny_config, tiny_model, tiny_run
+from helpers import REPO, TINY, muon_cfg, read_log, run_script, tiny_config, tiny_model, tiny_run
 from configurator import ConfigError
-from model import GPT, has_fused_adamw
+from model import GPT
 
 
 def lr_cfg(**kw):
@@ -293,7 +289,8 @@ def test_the_run_says_what_it_runs_and_ends_with_a_summary(char_data, monkeypatc
     n_params = sum(v.numel() for k, v in model['model'].items()
                    if k not in ('transformer.wpe.weight', 'lm_head.weight'))
     assert lines[0].startswith(f'model: {n_params:,} parameters')
-    assert lines[1].startswith('device: cpu, dtype float32') and 'compile off' in lines[1]
+    from common import cpu_text
+    assert lines[1].startswith(f'device: cpu ({cpu_text()}), dtype float32') and 'compile off' in lines[1]
     n = len((char_data / 'data' / 'shakespeare_char' / 'input.txt').read_text(encoding='utf-8'))  # 200,000 chars
     n_train = int(n * 0.9)  # prepare.py's split: 180,000 and 20,000 of Tiny Shakespeare
     assert lines[2] == f'data: data/shakespeare_char, {n_train:,} train and {n - n_train:,} val tokens'
@@ -325,63 +322,6 @@ def test_the_vocabulary_is_read_once_so_a_data_folder_gone_mid_run_does_not_fail
     assert load_checkpoint(str(char_data / 'out' / 'ckpt.pt'))['tokenizer'] == {'kind': 'char', 'chars': chars}
 
 
-# -----------------------------------------------------------------------------
-# Muon
-
-def muon_cfg(**overrides):
-    return SimpleNamespace(**{**train.DEFAULTS, 'optimizer': 'muon', 'learning_rate': 1e-3, 'muon_lr': 0.02,
-                              **overrides})
-
-
-def test_muon_takes_exactly_the_matrices_inside_the_blocks():
-    model = tiny_model(n_embd=16, block_size=8, vocab_size=32)
-    optimizer = optim.configure_optimizer(model, muon_cfg(), 'cpu')
-    muon, adamw = optimizer.optimizers['muon'], optimizer.optimizers['adamw']
-    assert isinstance(muon, optim.Muon) and isinstance(adamw, torch.optim.AdamW)
-    names = {id(p): name for name, p in model.named_parameters()}  # the tied lm_head is listed as wte
-    muon_names = sorted(names[id(p)] for g in muon.param_groups for p in g['params'])
-    assert muon_names == sorted(f'transformer.h.{i}.{m}.weight' for i in range(2)
-                                for m in ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'))
-    adamw_names = sorted(names[id(p)] for g in adamw.param_groups for p in g['params'])
-    assert adamw_names == sorted(set(names.values()) - set(muon_names))
-    assert {'transformer.wte.weight', 'transformer.wpe.weight', 'transformer.ln_f.weight',
-            'transformer.h.0.attn.c_attn.bias', 'transformer.h.1.ln_2.weight'} <= set(adamw_names)
-    assert adamw.defaults['fused'] == has_fused_adamw('cpu')  # the fused kernel for every AdamW group
-    # one schedule: Muon's groups at muon_lr / learning_rate times the scheduled lr
-    train.set_lr(optimizer, 5e-4)
-    assert [g['lr'] for g in adamw.param_groups] == [5e-4, 5e-4]
-    assert muon.param_groups[0]['lr'] == pytest.approx(5e-4 * 0.02 / 1e-3)
-
-
-@pytest.mark.parametrize('adjust_lr_fn, weight_decay, nesterov', [('original', 0.0, True),
-                                                                     ('match_rms_adamw', 0.1, False)])
-def test_muon_steps_as_torchs_muon_does(adjust_lr_fn, weight_decay, nesterov):
-    """The batched Muon gives torch.optim.Muon's weights and state dict, bit for bit, and loads its state dict."""
-    models = [tiny_model(n_layer=3), tiny_model(n_layer=3)]
-    settings = dict(lr=0.02, momentum=0.9, weight_decay=weight_decay, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
-    theirs, ours = (cls(optim.muon_params(m), **settings) for cls, m in zip((torch.optim.Muon, optim.Muon), models))
-    x = torch.randint(0, models[0].config.vocab_size, (4, 8), generator=torch.Generator().manual_seed(0))
-    for step in range(4):
-        for model, optimizer in zip(models, (theirs, ours)):
-            model(x, x.roll(-1, dims=1))[1].backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        if step == 1:  # torch's state dict loads into ours (a copy: loading keeps the tensors it is given)
-            ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
-    assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[1].parameters()))
-    mine, torchs = ours.state_dict(), theirs.state_dict()
-    assert mine['param_groups'] == torchs['param_groups']
-    assert all(torch.equal(mine['state'][i]['momentum_buffer'], s['momentum_buffer'])
-               for i, s in torchs['state'].items())
-
-
-def test_train_py_imports_without_torchs_muon():
-    """PyTorch 2.6 to 2.8 have no torch.optim.Muon: train.py (and every AdamW run) must still work there."""
-    code = ('import torch; del torch.optim.Muon; import train, optim; '
-            'print(issubclass(optim.Muon, torch.optim.Optimizer))')
-    assert subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True).stdout == 'True\n'
-
-
 def test_optimizer_setting_is_checked():
     with pytest.raises(ConfigError, match="optimizer='sgd' is not one of 'adamw', 'muon'"):
         train.check_settings(muon_cfg(optimizer='sgd'))
@@ -393,6 +333,8 @@ def test_optimizer_setting_is_checked():
         train.check_settings(muon_cfg(fsdp=True))
     with pytest.raises(ConfigError, match="optimizer='muon' does not work with lora_rank > 0"):
         train.check_settings(muon_cfg(lora_rank=4))
+    with pytest.raises(ConfigError, match="muon_ns_dtype='float16' is not one of 'auto', 'float32', 'bfloat16'"):
+        train.check_settings(muon_cfg(muon_ns_dtype='float16'))
 
 
 def test_the_readme_train_commands_parse(monkeypatch):
