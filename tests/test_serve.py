@@ -253,6 +253,14 @@ def test_a_model_without_a_chat_template_answers_chat_with_a_clear_400(tmp_path)
         assert status == 200 and body['usage']['completion_tokens'] == 3
 
 
+def test_it_serves_an_int8_model(chat_ckpt):
+    """--quantize as sample.py: the model's Linear layers in int8, served the same way."""
+    with serving(chat_ckpt, quantize='int8', dtype='float32') as server:
+        assert 'quantized' in type(server.served.model.transformer.h[0].mlp.c_fc).__module__
+        status, _, answer = request(server, 'POST', '/v1/chat/completions', {'messages': MESSAGES, 'max_tokens': 4})
+        assert status == 200 and answer['usage']['completion_tokens'] <= 4
+
+
 def test_text_streams_in_whole_characters_with_gpt2_bpe(tmp_path, capsys):
     """A random GPT-2-BPE model emits tokens that end inside characters: streamed, the text is still the whole's."""
     needs_tiktoken_cache()
