@@ -1,8 +1,9 @@
 """
 Token files, written by data/*/prepare.py and read by train.py: nanoGPT's headerless uint16 '{split}.bin',
 llm.c's headered shards (FineWeb), a dataset's meta.pkl (its vocabulary), and the random batches drawn from them;
-the tokenizer that decodes a model's tokens; and what the prepare scripts share to write them: whole files or
-none, worker processes, a progress line, and the auto-prepare of the small datasets.
+the tokenizer that decodes a model's tokens; the chat template (a conversation as tokens, and which of them are
+learnt); and what the prepare scripts share to write them: whole files or none, worker processes, a progress line,
+and the auto-prepare of the small datasets.
 """
 
 import collections
@@ -37,7 +38,8 @@ class _PlainUnpickler(pickle.Unpickler):
 def load_meta(path):
     """
     Read meta.pkl without running code from it: vocab_size, and either itos and stoi (characters) or tokenizer,
-    the name of a Hugging Face tokenizers file beside it (data/prepare_text.py's bpe).
+    the name of a Hugging Face tokenizers file beside it (data/prepare_text.py's bpe). A dataset of conversations
+    adds chat, its chat tokens' ids (see render_conversation); for GPT-2's BPE that is all it holds.
     """
     try:
         with open(path, 'rb') as f:
@@ -46,7 +48,7 @@ def load_meta(path):
         raise UserError(f"'{path}' is damaged or holds more than plain data ({e}); run "
                         f"`{prepare_command(os.path.dirname(path), again=True)}` again") from None
     if not isinstance(meta, dict) or 'vocab_size' not in meta or \
-            not ({'itos', 'stoi'} <= meta.keys() or 'tokenizer' in meta):
+            not ({'itos', 'stoi'} <= meta.keys() or 'tokenizer' in meta or 'chat' in meta):
         raise UserError(f"'{path}' lacks vocab_size, and itos and stoi or tokenizer; run "
                         f"`{prepare_command(os.path.dirname(path), again=True)}` again")
     return meta
@@ -73,19 +75,23 @@ def dataset_tokenizer(data_dir):
     """
     What decodes a dataset's tokens, as a checkpoint stores it: {'kind': 'char', 'chars': [...]} (its meta.pkl's
     characters, in id order), {'kind': 'bpe', 'json': ...} (the text of the tokenizer file its meta.pkl names),
-    else {'kind': 'gpt2'} (no meta.pkl: GPT-2's BPE).
+    else {'kind': 'gpt2'} (no meta.pkl, or one of conversations only: GPT-2's BPE). A dataset of conversations
+    adds 'chat': {chat token: id} (see render_conversation).
     """
     path = os.path.join(data_dir, 'meta.pkl')
     if not os.path.exists(path):
         return {'kind': 'gpt2'}
     meta = load_meta(path)
+    chat = {'chat': dict(meta['chat'])} if 'chat' in meta else {}
     if 'tokenizer' in meta:
         tokenizer_path = os.path.join(data_dir, os.path.basename(meta['tokenizer']))
         if not os.path.isfile(tokenizer_path):
             raise UserError(f"the dataset's tokenizer file '{tokenizer_path}' is missing; prepare the dataset again")
         with open(tokenizer_path, encoding='utf-8') as f:
-            return {'kind': 'bpe', 'json': f.read()}
-    return {'kind': 'char', 'chars': [meta['itos'][i] for i in range(len(meta['itos']))]}
+            return {'kind': 'bpe', 'json': f.read(), **chat}
+    if 'itos' not in meta:
+        return {'kind': 'gpt2', **chat}
+    return {'kind': 'char', 'chars': [meta['itos'][i] for i in range(len(meta['itos']))], **chat}
 
 
 def meta_vocab_size(data_dir):
@@ -120,6 +126,93 @@ def find_tokenizer(init_from, checkpoint, vocab_size):
     raise UserError(f"no vocabulary found for this model of {vocab_size} tokens (not GPT-2's): its checkpoint "
                     f"predates stored vocabularies and its dataset's meta.pkl is not in {PROJECT_DIR}/data; "
                     f"put the meta.pkl there")
+
+
+# -----------------------------------------------------------------------------
+# chat: the template of a conversation
+#
+#   <|bos|><|system|>You are a helpful assistant.<|end|><|user|>What is 2 + 3?<|end|><|assistant|>5<|end|>...
+#
+# A conversation begins with <|bos|>; each message is its role's token, its content and <|end|>; the system
+# message is optional and first. The model learns the assistant's content and its <|end|> (the loss mask); a reply
+# is generated after <|assistant|> and ends at <|end|>. The tokens are real special tokens: a tokenizer's 'chat'
+# entry gives their ids, which no text encodes to.
+
+CHAT_TOKENS = ('<|bos|>', '<|system|>', '<|user|>', '<|assistant|>', '<|end|>')
+BOS, SYSTEM, USER, ASSISTANT, END = CHAT_TOKENS
+ROLES = {'system': SYSTEM, 'user': USER, 'assistant': ASSISTANT}
+# GPT-2's BPE has 50,257 tokens; the chat tokens take the next ids, in the padding up to 50,304 that a GPT-2
+# checkpoint of this project (or nanoGPT's) already has rows for
+GPT2_CHAT_ID = 50257
+# text that becomes a special token when a Hugging Face tokenizer reads a rendered conversation: not content
+SPECIAL_TEXT = CHAT_TOKENS + ('<|endoftext|>',)
+
+
+def chat_ids(first_id):
+    """A tokenizer's 'chat' entry: the chat tokens' ids, from first_id on, in CHAT_TOKENS' order."""
+    return {token: first_id + i for i, token in enumerate(CHAT_TOKENS)}
+
+
+def check_conversation(messages, prompt=False):
+    """
+    A UserError (one line; the caller adds the file and line) for messages that are not a conversation:
+    {'role': 'system'|'user'|'assistant', 'content': text} each, an optional system message first, then user and
+    assistant in turn, starting with user. A conversation to learn from needs an assistant message; a prompt
+    (prompt=True) ends with the user's.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise UserError("an empty conversation: 'messages' must be a list of at least one message")
+    for i, message in enumerate(messages, 1):
+        if not isinstance(message, dict) or not isinstance(message.get('content'), str) or 'role' not in message:
+            raise UserError(f"message {i} is not {{\"role\": ..., \"content\": \"text\"}}")
+        if message['role'] not in ROLES:
+            raise UserError(f"message {i} has the unknown role {message['role']!r}; use system, user or assistant")
+        special = [t for t in SPECIAL_TEXT if t in message['content']]
+        if special:
+            raise UserError(f"message {i} holds the special token {special[0]} as text, which a tokenizer would "
+                            f"read as the token itself; remove it")
+    turns = messages[1:] if messages[0]['role'] == 'system' else messages
+    offset = len(messages) - len(turns)
+    for i, message in enumerate(turns):
+        expected = ('user', 'assistant')[i % 2]
+        if message['role'] != expected:
+            raise UserError(f"the roles do not alternate: message {i + offset + 1} is {message['role']}'s where "
+                            f"{expected}'s should be (an optional system message, then user and assistant in turn)")
+    if prompt and (not turns or turns[-1]['role'] != 'user'):
+        raise UserError("the conversation must end with a user message for the assistant to answer")
+    if not prompt and len(turns) < 2:
+        raise UserError("the conversation has no assistant message: nothing to learn from it")
+
+
+def _message_ids(message, encode, chat):
+    """One message as tokens: its role's token, its content, <|end|>; and the number of content tokens."""
+    content = [int(i) for i in encode(message['content'])]
+    return [chat[ROLES[message['role']]], *content, chat[END]], len(content)
+
+
+def render_conversation(messages, encode, chat):
+    """
+    A conversation as token ids and the loss mask beside them: 1 on each assistant message's content and its
+    <|end|>, 0 elsewhere. messages: [{'role': ..., 'content': ...}, ...] (see check_conversation); encode: text to
+    ids (sample.get_codec's); chat: the tokenizer's 'chat' entry.
+    """
+    check_conversation(messages)
+    ids, mask = [chat[BOS]], [0]
+    for message in messages:
+        message_ids, n = _message_ids(message, encode, chat)
+        learnt = int(message['role'] == 'assistant')
+        ids += message_ids
+        mask += [0] + [learnt] * (n + 1)
+    return ids, mask
+
+
+def render_prompt(messages, encode, chat):
+    """The conversation so far, ending with the user's message, then <|assistant|>: what a reply continues."""
+    check_conversation(messages, prompt=True)
+    ids = [chat[BOS]]
+    for message in messages:
+        ids += _message_ids(message, encode, chat)[0]
+    return ids + [chat[ASSISTANT]]
 
 
 # -----------------------------------------------------------------------------

@@ -100,9 +100,14 @@ class UnknownCharacters(UserError):
 
 
 def get_codec(tokenizer):
-    """encode/decode functions for a tokenizer as find_tokenizer gives it: characters, a BPE file or GPT-2's BPE."""
+    """
+    encode/decode functions for a tokenizer as find_tokenizer gives it: characters, a BPE file or GPT-2's BPE. The
+    chat tokens of a chat model (its 'chat' entry, see data.render_conversation) decode to their text, and no text
+    encodes to them: only the chat template puts them in.
+    """
+    chat = tokenizer.get('chat', {})
     if tokenizer['kind'] == 'char':
-        chars = tokenizer['chars']
+        chars = tokenizer['chars']  # the chat tokens are multi-character entries at the end: never one character
         stoi = {c: i for i, c in enumerate(chars)}
 
         def encode(s):
@@ -113,12 +118,24 @@ def get_codec(tokenizer):
         return encode, lambda ids: ''.join(chars[i] for i in ids)
     if tokenizer['kind'] == 'bpe':  # a dataset's own BPE (data/prepare_text.py), a Hugging Face tokenizers file
         tok = import_tokenizers().Tokenizer.from_str(tokenizer['json'])
+        tok.encode_special_tokens = bool(chat)  # a chat model's special tokens in text are text
         return lambda s: tok.encode(s).ids, lambda ids: tok.decode(ids, skip_special_tokens=False)
     if tokenizer['kind'] == 'gpt2':
         enc = gpt2_encoding()
-        # ids past GPT-2's 50,257 (the padding up to 50,304) are no text; transformers also decodes them to ''
-        return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'}),
-                lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]))
+        names = {i: token for token, i in chat.items()}
+
+        def decode(ids):
+            # ids past GPT-2's 50,257 (the padding up to 50,304) are no text, but for the chat tokens there;
+            # transformers also decodes the others to ''
+            text, run = [], []
+            for i in list(ids) + [None]:
+                if i is None or i >= enc.n_vocab:
+                    text.append(enc.decode(run) + names.get(i, ''))
+                    run = []
+                else:
+                    run.append(i)
+            return ''.join(text)
+        return lambda s: enc.encode(s, allowed_special={'<|endoftext|>'}), decode
     raise UserError(f"this model's tokenizer is of kind '{tokenizer['kind']}', which sample.py cannot decode")
 
 
