@@ -8,11 +8,13 @@ A checkpoint is nanoGPT's ckpt.pt: a dict with 'model' (the state dict), 'optimi
 """
 
 import glob
+import mmap
 import os
 import pickle
 import struct
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
@@ -21,7 +23,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 import hf
-from common import UserError, first_line, os_reason, write_atomically
+from common import UserError, first_line, os_reason, print0, write_atomically
 from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, MODEL_ARGS, GPTConfig
 
 try:
@@ -50,28 +52,52 @@ LOCK = 'train.lock'  # held (flock) by the one run that writes the folder; the O
 
 def checkpoint_path(out_dir, purpose):
     """
-    The checkpoint of the run in out_dir to read for purpose: 'resume' wants the newest state, the one of
+    The checkpoint of the run in out_dir to read for purpose: 'resume' wants the newest intact state, the one of
     ckpt.pt and ckpt_last.pt with the higher iter_num (a run killed between saving one and deleting the other
-    leaves both); 'use' (sample, evaluate, export) wants the best weights (ckpt.pt, or ckpt_last.pt in a run
-    stopped before its first saved eval).
+    leaves both; see resume_checkpoint); 'use' (sample, evaluate, export) wants the best weights (ckpt.pt, or
+    ckpt_last.pt in a run stopped before its first saved eval).
     """
     assert purpose in ('resume', 'use')
+    if purpose == 'resume':
+        return resume_checkpoint(out_dir)[0]
     best, last = os.path.join(out_dir, BEST), os.path.join(out_dir, LAST)
-    if purpose == 'resume' and os.path.exists(best) and os.path.exists(last):
-        return last if _iter_num(last, other=best) > _iter_num(best, other=last) else best
-    for path in ((last, best) if purpose == 'resume' else (best, last)):
+    return last if os.path.exists(last) and not os.path.exists(best) else best  # neither: load_checkpoint says so
+
+
+DAMAGED = '.damaged'  # a damaged checkpoint set aside by the run that found it keeps its name, plus this
+
+
+def resume_checkpoint(out_dir, owner=False):
+    """
+    (path, checkpoint) of the newest intact state of the run in out_dir: of ckpt.pt and ckpt_last.pt, the one
+    with the higher iter_num among those that pass load_checkpoint's integrity check. A damaged one is passed
+    over with a notice, and, when owner (the process that writes out_dir), set aside as '<name>.damaged', so
+    that it is neither resumed nor replaced: the evidence stays. No intact one is a UserError.
+    """
+    found, damaged = [], []
+    for path in (os.path.join(out_dir, BEST), os.path.join(out_dir, LAST)):
         if os.path.exists(path):
-            return path
-    return best  # neither: load_checkpoint says so
-
-
-def _iter_num(path, other):
-    """A checkpoint's iter_num, read without loading its tensors; a file that cannot tell is a UserError."""
-    try:
-        return int(torch.load(path, map_location='cpu', weights_only=True, mmap=_can_map(path))['iter_num'])
-    except Exception as e:
-        raise UserError(f"checkpoint '{path}' is damaged or has no iter_num ({first_line(e)}); move it aside "
-                        f"to resume from '{other}' instead") from None
+            try:
+                found.append((path, load_checkpoint(path)))
+            except DamagedCheckpoint as e:
+                damaged.append((path, e))
+    if not found:
+        if damaged:
+            raise damaged[0][1]
+        raise no_checkpoint_error(os.path.join(out_dir, BEST))
+    for path, checkpoint in found:
+        if type(checkpoint.get('iter_num', 0)) is not int:
+            raise UserError(f"checkpoint '{path}' has iter_num={checkpoint['iter_num']!r}, not a whole number; it "
+                            f"was not written by train.py: move it aside")
+    path, checkpoint = max(found, key=lambda item: item[1].get('iter_num', -1))
+    for bad, e in damaged:
+        aside = ''
+        if owner:
+            os.replace(bad, bad + DAMAGED)
+            aside = f", and kept the damaged file as '{bad + DAMAGED}'"
+        print0(f"notice: {e.reason}; resuming from '{path}' (iteration {checkpoint.get('iter_num')}) "
+               f"instead{aside}")
+    return path, checkpoint
 
 
 def checkpoint_name(improved, always_save):
@@ -222,15 +248,73 @@ def _can_map(path):
     return os.name != 'nt' and zipfile.is_zipfile(path)
 
 
+class DamagedCheckpoint(UserError):
+    """A checkpoint whose bytes are not those its writer wrote (or never a checkpoint): reason says which."""
+
+    def __init__(self, reason, fix='use another checkpoint, or train again'):
+        super().__init__(f"{reason}; {fix}")
+        self.reason = reason
+
+
+def verify_checkpoint(path):
+    """
+    Check a checkpoint's bytes against the CRC-32 that torch.save's zip holds for each record (its tensors' bytes,
+    the pickle of everything else), which torch.load does not check: a flipped bit in a weight would load as a
+    wrong weight. stream_checkpoint writes the same CRCs. A mismatch is a DamagedCheckpoint naming the record.
+    Files in the pre-1.6 format hold no CRCs and pass. The records are read memory-mapped, in a few threads
+    (zlib releases the GIL), so the cost is reading the file once, which the load then finds in the page cache.
+    """
+    with open(path, 'rb') as f:
+        if not zipfile.is_zipfile(f):
+            return
+        try:
+            with zipfile.ZipFile(f) as z:
+                records = [r for r in z.infolist() if r.file_size]
+                for r in records:
+                    if r.compress_type != zipfile.ZIP_STORED:  # never written by torch.save: zipfile checks it
+                        z.read(r)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+            raise DamagedCheckpoint(f"checkpoint '{path}' is damaged ({first_line(e)})") from None
+        records = [r for r in records if r.compress_type == zipfile.ZIP_STORED]
+        if not records:
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m, memoryview(m) as view:
+            def mismatch(r):
+                header = view[r.header_offset + 26:r.header_offset + 30]
+                if len(header) < 4:
+                    return True
+                name_length, extra_length = struct.unpack('<HH', header)
+                start = r.header_offset + 30 + name_length + extra_length
+                data = view[start:start + r.file_size]
+                try:  # a record cut short by a truncated file is damaged too
+                    return len(data) != r.file_size or zlib.crc32(data) != r.CRC
+                finally:
+                    data.release()
+            records.sort(key=lambda r: -r.file_size)  # the largest first: the threads end together
+            with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+                bad = [r.filename for r, wrong in zip(records, pool.map(mismatch, records)) if wrong]
+    if bad:
+        what = 'its pickled structure' if bad[0].endswith('.pkl') else f"its tensor bytes '{bad[0]}'"
+        more = f" and {len(bad) - 1} other record{'s' if len(bad) > 2 else ''}" if len(bad) > 1 else ''
+        raise DamagedCheckpoint(f"checkpoint '{path}' is damaged: {what}{more} no longer match the CRC-32 written "
+                                f"with them (a disk, copy or transfer error changed the file)")
+
+
 def load_checkpoint(path, map_location='cpu'):
     """
-    Read a checkpoint with weights_only=True, so that a file from elsewhere cannot run code.
-    A missing or damaged file is a UserError.
+    Read a checkpoint with weights_only=True, so that a file from elsewhere cannot run code, after checking its
+    bytes (verify_checkpoint). A missing, unreadable or damaged file is a UserError (DamagedCheckpoint for damage).
     """
     if not os.path.isfile(path):
         raise no_checkpoint_error(path)
     try:
+        verify_checkpoint(path)
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=_can_map(path))
+    except UserError:
+        raise
+    except OSError as e:
+        raise UserError(f"cannot read checkpoint '{path}' ({os_reason(e)}); fix its permissions, or use "
+                        f"another checkpoint") from None
     except Exception as e:
         if isinstance(e, pickle.UnpicklingError) and 'GLOBAL' in str(e):  # weights_only names what it refuses
             raise UserError(f"checkpoint '{path}' holds objects other than tensors and plain data, which could "
@@ -239,8 +323,7 @@ def load_checkpoint(path, map_location='cpu'):
         # a zip archive torch cannot read says why in its first sentence (the rest is advice to PyTorch's users);
         # anything else (a text file, an empty one) was never written by torch.save
         reason = first_line(e).split('. ')[0] if isinstance(e, RuntimeError) else 'not a file torch.save wrote'
-        raise UserError(f"checkpoint '{path}' is damaged or not a checkpoint ({reason}); "
-                        f"use another checkpoint or train again") from None
+        raise DamagedCheckpoint(f"checkpoint '{path}' is damaged or not a checkpoint ({reason})") from None
     missing = [k for k in ('model', 'model_args') if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:
         raise UserError(f"checkpoint '{path}' lacks {', '.join(missing)}; it was not written by train.py")
@@ -357,15 +440,18 @@ def load_pretrained(model_type, dropout=0.0):
         raise UserError(f"'{model_type}' {e}") from None
 
 
-def load_model(init_from, out_dir, purpose='use', dropout=0.0):
+def load_model(init_from, out_dir, purpose='use', dropout=0.0, owner=False):
     """
     A trained or pretrained GPT: the run in out_dir ('resume'; its checkpoint for purpose, see
-    checkpoint_path), OpenAI's GPT-2 by name, or a Hugging Face GPT-2 folder.
+    checkpoint_path; owner: see resume_checkpoint), OpenAI's GPT-2 by name, or a Hugging Face GPT-2 folder.
     Returns (model, checkpoint), the checkpoint None for a pretrained model.
     """
     if init_from == 'resume':
-        path = checkpoint_path(out_dir, purpose)
-        checkpoint = load_checkpoint(path)
+        if purpose == 'resume':
+            path, checkpoint = resume_checkpoint(out_dir, owner)
+        else:
+            path = checkpoint_path(out_dir, purpose)
+            checkpoint = load_checkpoint(path)
         missing = [k for k in ('optimizer', 'iter_num') if k not in checkpoint]
         if purpose == 'resume' and missing:
             raise UserError(f"checkpoint '{path}' has no {' or '.join(missing)}: it holds weights to use, not a run "

@@ -153,7 +153,7 @@ def start_run(cfg, rt):
         import hf  # one process per node downloads OpenAI's weights into the cache while the others wait
         local_rank0_first(rt, lambda: hf.gpt2_safetensors(cfg.init_from))
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
-    raw_model, checkpoint = init_model(cfg, data_vocab_size)
+    raw_model, checkpoint = init_model(cfg, data_vocab_size, owner=rt.master and not cfg.eval_only)
     fit_model(raw_model, checkpoint, cfg, data_vocab_size)
     if checkpoint is not None:
         check_resume(cfg, checkpoint)
@@ -365,10 +365,11 @@ def seed_dropout(seed, it, micro_step):
 # -----------------------------------------------------------------------------
 # the model and its optimizer, new or resumed
 
-def init_model(cfg, data_vocab_size):
+def init_model(cfg, data_vocab_size, owner=False):
     """
     Build the model: from scratch, from the run in out_dir, or from pretrained weights (OpenAI's GPT-2 by name,
-    or a Hugging Face folder). Returns (model, checkpoint or None).
+    or a Hugging Face folder). Returns (model, checkpoint or None). owner: this process writes out_dir (it sets
+    a damaged checkpoint aside: checkpoint.resume_checkpoint).
     """
     if cfg.init_from == 'scratch':
         model_args = {k: getattr(cfg, k) for k in MODEL_ARGS if k != 'vocab_size'}
@@ -379,7 +380,7 @@ def init_model(cfg, data_vocab_size):
         return GPT(GPTConfig(**model_args, dropout=cfg.dropout)), None
     if cfg.init_from == 'resume':
         # the model's shape comes from the checkpoint; other settings may change on resume
-        return load_model('resume', cfg.out_dir, purpose='resume', dropout=cfg.dropout)
+        return load_model('resume', cfg.out_dir, purpose='resume', dropout=cfg.dropout, owner=owner)
     if cfg.init_from in GPT2_SIZES or os.path.isdir(cfg.init_from):
         print0(f"initializing from pretrained weights: {cfg.init_from}")
         # the shape, vocabulary and biases are the pretrained model's; the checkpoint's model_args record them
