@@ -4,7 +4,8 @@ run's files to read, reading them safely, and the models they hold (load_model a
 Hugging Face folders). A run's folder (out_dir) is owned by one run at a time (own_out_dir).
 
 A checkpoint is nanoGPT's ckpt.pt: a dict with 'model' (the state dict), 'optimizer', 'model_args', 'iter_num',
-'best_val_loss' and 'config', plus this project's 'best_iter', 'scaler', 'tokenizer' and, for LoRA runs, 'lora'.
+'best_val_loss' and 'config', plus this project's 'best_iter', 'val_loss' (of these weights; None when they were
+saved without an eval), 'scaler', 'tokenizer' and, for LoRA runs, 'lora'.
 """
 
 import glob
@@ -98,6 +99,23 @@ def resume_checkpoint(out_dir, owner=False):
         print0(f"notice: {e.reason}; resuming from '{path}' (iteration {checkpoint.get('iter_num')}) "
                f"instead{aside}")
     return path, checkpoint
+
+
+def checkpoint_note(path, checkpoint):
+    """One line saying what a script read: the checkpoint, its iteration and its val loss, or that it has none."""
+    iter_num, best, best_iter = (checkpoint.get(k) for k in ('iter_num', 'best_val_loss', 'best_iter'))
+    if type(iter_num) is not int:
+        return f"read {path}: weights without an iteration or val loss"
+    measured = isinstance(best, (int, float)) and best < 1e9  # nanoGPT starts best_val_loss at 1e9
+    if 'val_loss' in checkpoint:
+        val = checkpoint['val_loss']
+    else:  # older checkpoints: their own val loss is known where it was the best
+        val = best if measured and best_iter in (iter_num, None) else None
+    if isinstance(val, (int, float)):
+        return f"read {path}: iteration {iter_num}, val loss {val:.4f}"
+    run_best = f"; the run's best was {best:.4f}" + (f" at iteration {best_iter}" if best_iter is not None else '')
+    return (f"read {path}: iteration {iter_num}, its val loss never measured (saved without an eval)"
+            f"{run_best if measured else ''}")
 
 
 def checkpoint_name(improved, always_save):
@@ -196,10 +214,12 @@ def own_out_dir(out_dir, resume, overwrite):
     """
     Make out_dir this process's to write, for the with block: it takes the folder's lock (a second run is
     refused, a crashed one leaves nothing stuck), refuses a new run where one is already (unless overwrite,
-    which deletes the old run's files), and deletes the temporary files of saves that were killed.
+    which deletes the old run's files), and deletes the temporary files of saves that were killed. A folder it
+    makes is removed again when the run leaves nothing in it (it failed or stopped before its first eval).
     """
     if resume and not os.path.isdir(out_dir):  # a mistyped --out_dir: refused before it leaves a folder behind
         raise no_checkpoint_error(os.path.join(out_dir, BEST))
+    made = not os.path.isdir(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
         lock = open(os.path.join(out_dir, LOCK), 'a+')
@@ -220,6 +240,18 @@ def own_out_dir(out_dir, resume, overwrite):
         yield
     finally:
         lock.close()  # and with it the lock
+        if made:
+            _remove_if_unused(out_dir)
+
+
+def _remove_if_unused(out_dir):
+    """Remove a run's new folder if the run left nothing in it (it stopped before its first eval): no litter."""
+    names = set(os.listdir(out_dir))
+    log = os.path.join(out_dir, LOG)
+    if names <= {LOCK, LOG} and (LOG not in names or os.path.getsize(log) == 0):
+        for name in names:
+            os.remove(os.path.join(out_dir, name))
+        os.rmdir(out_dir)
 
 
 def _lock(lock, out_dir):

@@ -19,9 +19,19 @@ import numpy as np
 from common import UserError
 
 PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
+# A new model whose blocks hold this many times more parameters than its data has train tokens learns the text by
+# heart (nanoGPT's baby Shakespeare model, at about 10x, overfits already without its dropout of 0.2)
+MAX_PARAMS_PER_TOKEN = 20
 SPLITS = {'train': 0, 'val': 1}
 # the uses of the seed, so that each draws from its own stream: a batch is a function of (seed, use, ...)
 TRAIN_BATCH, EVAL_BATCH, DROPOUT = 0, 1, 2
+
+
+def project_path(name):
+    """A file of the project (a script, a config) as the commands a script suggests name it: as it is from the
+    project's folder (as the README runs them), else its full path."""
+    import shlex
+    return name if os.getcwd() == PROJECT_DIR else shlex.quote(os.path.join(PROJECT_DIR, name))
 
 
 # -----------------------------------------------------------------------------
@@ -355,6 +365,19 @@ def data_files(data_dir, split):
         raise UserError(f"no {split} data in '{data_dir}' ({split}.bin or *{split}*.bin shards); run "
                         f"`{prepare_command(data_dir)}` first")
     return [(shard, SHARD_HEADER_BYTES, read_shard_header(shard)) for shard in shards]
+
+
+def check_split_length(files, split, block_size, data_dir):
+    """
+    A split (data_files) too short for one window of block_size + 1 tokens (get_batch's inputs and their next
+    tokens) is a UserError, said before the run starts rather than at its first batch.
+    """
+    longest = max(n for _, _, n in files)
+    if longest <= block_size:
+        what = 'has' if len(files) == 1 else 'has no file of more than'
+        raise UserError(f"the {split} split of '{data_dir}' {what} {longest:,} tokens, fewer than block_size + 1 = "
+                        f"{block_size + 1:,}, what one example needs; start a run with a smaller --block_size (at "
+                        f"most {max(longest - 1, 1):,}), or give the dataset more text")
 
 
 def get_batch(files, batch_size, block_size, *key, device='cpu', vocab_size=None):

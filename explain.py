@@ -17,13 +17,14 @@ import os
 from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
 
+# common first: it makes a Ctrl-C while torch loads end in one line, not a traceback
+from common import UserError, run_main, setup
 import torch
 from torch.nn import functional as F
 
 import sample
-from common import UserError, run_main, setup
 from configurator import ConfigError, as_namespace, config_from_globals, load_config
-from checkpoint import load_model
+from checkpoint import checkpoint_note, checkpoint_path, load_model
 from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, GPTConfig, filter_logits
 
 # -----------------------------------------------------------------------------
@@ -43,7 +44,7 @@ bias = None
 # attention
 layer = None  # only this layer (from 0); None: all. With head too, the whole matrix is printed
 head = None  # only this head (from 0); None: all
-png = None  # also draw the weights, a heatmap per layer and head, into this PNG (needs matplotlib)
+png = None  # also draw the weights into this .png, a heatmap per head (a bare name goes into out_dir; needs matplotlib)
 # next
 temperatures = '0.5,1.0,2.0'  # the temperatures to compare, comma-separated
 num_tokens = 10  # how many of the most likely tokens to list
@@ -77,7 +78,10 @@ def model_config(cfg):
         return config
     if cfg.init_from in GPT2_SIZES:
         return gpt2_config(cfg.init_from)
-    return load_model(cfg.init_from, cfg.out_dir)[0].config
+    model, checkpoint = load_model(cfg.init_from, cfg.out_dir)
+    if checkpoint is not None:
+        print(checkpoint_note(checkpoint_path(cfg.out_dir, 'use'), checkpoint))
+    return model.config
 
 
 def compared_config(name):
@@ -181,8 +185,13 @@ def compare_text(names, configs):
 
 def load(cfg):
     """The model (in eval mode, on the device), the prompt as a (1, t) tensor, the decode function, the Runtime."""
+    return load_and_note(cfg)[:4]
+
+
+def load_and_note(cfg):
+    """load, and the line that says which checkpoint was read (None for a pretrained model)."""
     rt = setup(cfg.device, cfg.dtype)
-    model, tokenizer = sample.load_sampled_model(cfg)
+    model, tokenizer, note = sample.load_sampled_model_and_note(cfg)
     model.eval()
     model.to(rt.device)
     encode, decode = sample.get_codec(tokenizer)
@@ -196,7 +205,7 @@ def load(cfg):
     if len(ids) > model.config.block_size:
         print(f"the prompt's {len(ids)} tokens are cropped to the last {model.config.block_size} (block_size)")
         ids = ids[-model.config.block_size:]
-    return model, torch.tensor([ids], device=rt.device), decode, rt
+    return model, torch.tensor([ids], device=rt.device), decode, rt, note
 
 
 @contextmanager
@@ -418,7 +427,11 @@ def explain(cfg):
             text = params_text(model_config(cfg))
         print(text)
         return text
-    model, idx, decode, rt = load(cfg)
+    png = None
+    if cfg.png:  # before any work: a bare name goes into the run's folder, as plot.py's loss.png does
+        import plot
+        png = plot.png_path(cfg.png, cfg.out_dir if cfg.init_from == 'resume' else None)
+    model, idx, decode, rt, note = load_and_note(cfg)
     tokens = [decode([i]) for i in idx[0].tolist()]
     if cfg.what == 'shapes':
         text = shapes_text(model, idx, tokens, rt.autocast)
@@ -427,14 +440,14 @@ def explain(cfg):
         heads = selected(cfg.head, model.config.n_head, 'head')
         att = attention_weights(model, idx, rt.autocast)
         text = attention_text(att, tokens, layers, heads)
-        if cfg.png:
-            print(text)
-            draw_attention(att, tokens, layers, heads, cfg.png)
-            return text
     else:
         logits, probs = next_token_probs(model, idx, temperatures, rt.autocast)
         text = next_text(logits, probs, tokens, decode, cfg)
+    if note:
+        print(note)
     print(text)
+    if png:
+        draw_attention(att, tokens, layers, heads, png)
     return text
 
 

@@ -16,11 +16,12 @@ dataset's own tokenizer.json for a model of data/prepare_text.py's bpe.
 
 import os
 
+# common first: it makes a Ctrl-C while torch loads end in one line, not a traceback
+from common import DTYPES, UserError, run_main
 import torch
 
 import hf
-from checkpoint import BEST, checkpoint_path, load_checkpoint, model_from_checkpoint
-from common import DTYPES, UserError, run_main
+from checkpoint import BEST, checkpoint_note, checkpoint_path, load_checkpoint, model_from_checkpoint
 from configurator import as_namespace, config_from_globals, load_config
 from data import find_tokenizer
 
@@ -56,6 +57,7 @@ def export(cfg):
     if old and not cfg.overwrite:
         raise UserError(f"'{hf_dir}' already holds a model ({', '.join(old)}); choose another --hf_dir, or replace "
                         f"it with --overwrite=True")
+    print(checkpoint_note(path, ckpt))
     # the tokenizer first: it may need GPT-2's BPE files, and a failure then leaves no half-written folder
     files = hf.save_tokenizer(tokenizer, hf_dir, model.config.block_size) if tokenizer else []
     hf.save_pretrained(model, hf_dir, getattr(torch, cfg.dtype))

@@ -45,13 +45,39 @@ def png_size(path):
     return struct.unpack('>II', head[16:24])
 
 
+def png_path(png, folder=None):
+    """
+    Where a figure asked for with --png=png goes: a bare file name into folder (a run's out_dir) when one is
+    given, any other path as it is. It must be a .png file that can be written; a file there that is not a PNG (a
+    checkpoint, say) is refused, never replaced. Checked before any work, so that a mistake costs nothing.
+    """
+    if not png.lower().endswith('.png'):
+        raise UserError(f"--png={png!r} must name a .png file: the figure is written as a PNG")
+    path = os.path.join(folder, png) if folder and not os.path.dirname(png) else png
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UserError(f"cannot write '{path}': it is a folder; give --png a file name ending in .png")
+    if not os.path.isdir(parent):
+        raise UserError(f"cannot write '{path}': no folder '{parent}'; create it or give another --png")
+    if os.path.exists(path):
+        try:
+            png_size(path)
+        except (ValueError, OSError):
+            raise UserError(f"'{path}' exists and is not a PNG; refusing to replace it: give another --png") from None
+    if not os.access(path if os.path.exists(path) else parent, os.W_OK):
+        raise UserError(f"cannot write '{path}' (permission denied); give another --png")
+    return path
+
+
 def save_png(fig, path):
     """Write fig to path as a PNG, close it, and say where and how large; returns (width, height) in pixels."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UserError(f"cannot write '{path}': no folder '{folder}'; create it or give another --png")
-    fig.savefig(path, dpi=DPI, format='png')
-    pyplot().close(fig)
+    path = png_path(path)
+    try:
+        fig.savefig(path, dpi=DPI, format='png')
+    except OSError as e:
+        raise UserError(f"cannot write '{path}' ({e.strerror or e}); give another --png") from None
+    finally:
+        pyplot().close(fig)
     width, height = png_size(path)
     print(f"wrote {path} ({width}x{height} pixels)")
     return width, height
@@ -137,9 +163,10 @@ def main(argv=None):
     if not out_dirs:
         raise UserError("give one or more run folders: python plot.py OUT_DIR [OUT_DIR ...] [--png=path]")
     runs = {d: read_log(d) for d in out_dirs}
+    path = png_path(cfg.png) if cfg.png else png_path('loss.png', out_dirs[0])
     for out_dir, (steps, evals) in runs.items():
         print(summary(out_dir, steps, evals))
-    return plot_runs(runs, cfg.png or os.path.join(out_dirs[0], 'loss.png'))
+    return plot_runs(runs, path)
 
 
 if __name__ == '__main__':

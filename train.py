@@ -27,6 +27,9 @@ import sys
 import time
 from contextlib import ExitStack, suppress
 
+# common first: it makes a Ctrl-C while torch loads end in one line, not a traceback
+from common import (UserError, all_or_none, compile_blocker, device_peak_flops, dist_env, local_rank0_first, print0,
+                    return_freed_memory, run_main, setup, teardown, threads_text)
 import numpy as np
 import torch
 from torch.distributed.fsdp import fully_shard
@@ -34,11 +37,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (BEST, LAST, LOG, MODEL_ARGS, checkpoint_name, checkpoint_path, load_model, load_optimizer_state,
                         model_state, own_out_dir, save_state)
-from common import (UserError, all_or_none, compile_blocker, device_peak_flops, dist_env, local_rank0_first, print0,
-                    return_freed_memory, run_main, setup, teardown, threads_text)
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
-from data import (DROPOUT, EVAL_BATCH, PROJECT_DIR, SPLITS, TRAIN_BATCH, data_files, dataset_tokenizer, get_batch,
-                  meta_vocab_size, prepare_small_dataset)
+from data import (DROPOUT, EVAL_BATCH, MAX_PARAMS_PER_TOKEN, SPLITS, TRAIN_BATCH, check_split_length, data_files,
+                  dataset_tokenizer, get_batch, meta_vocab_size, prepare_small_dataset, project_path)
 from lora import LORA_TARGETS, init_lora, lora_checkpoint, lora_target_names
 from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig
 from optim import configure_optimizer
@@ -144,21 +145,21 @@ def train(cfg):
 def start_run(cfg, rt):
     """
     Everything a run starts from: the data's files, the model (plain and as trained), the optimizer and scaler,
-    the iteration and best (val loss, iteration) to go on from, and the HellaSwag examples when they are scored.
+    the iteration and best (val loss, iteration) to go on from, the HellaSwag examples when they are scored, and
+    the tokenizer its checkpoints carry.
     """
     data_dir = os.path.join('data', cfg.dataset)
     local_rank0_first(rt, lambda: prepare_small_dataset(cfg.dataset, data_dir))  # one process per node prepares
-    data_vocab_size = meta_vocab_size(data_dir)
     if rt.ddp and cfg.init_from in GPT2_SIZES:
         import hf  # one process per node downloads OpenAI's weights into the cache while the others wait
         local_rank0_first(rt, lambda: hf.gpt2_safetensors(cfg.init_from))
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
-    raw_model, checkpoint = init_model(cfg, data_vocab_size, owner=rt.master and not cfg.eval_only)
-    fit_model(raw_model, checkpoint, cfg, data_vocab_size)
-    if checkpoint is not None:
-        check_resume(cfg, checkpoint)
-    files = {split: data_files(data_dir, split) for split in SPLITS}
-    init_lora(raw_model, checkpoint, cfg)
+    error = None
+    try:  # what every process reads alike: the first to fail says why, and all stop
+        files, raw_model, checkpoint, tokenizer = read_start(cfg, rt, data_dir)
+    except UserError as e:
+        error = e
+    all_or_none(rt, error)
     raw_model.gradient_checkpointing = cfg.gradient_checkpointing
     raw_model.to(rt.device)
     hellaswag_set = load_hellaswag(cfg, raw_model, rt) if cfg.eval_hellaswag else None
@@ -168,16 +169,16 @@ def start_run(cfg, rt):
     if checkpoint is not None:
         iter_num, best = int(checkpoint['iter_num']), (float(checkpoint.get('best_val_loss', math.inf)),
                                                         checkpoint.get('best_iter'))
-    return files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set
+    return files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set, tokenizer
 
 
 def train_loop(cfg, rt, stop):
     accum_steps = cfg.gradient_accumulation_steps // rt.world_size  # micro-steps on each process
-    files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set = start_run(cfg, rt)
+    files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set, tokenizer = start_run(cfg, rt)
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * raw_model.config.block_size
-    for line in run_header(cfg, rt, raw_model, model, files, tokens_per_iter, iter_num, best) + schedule_warnings(cfg):
+    for line in (run_header(cfg, rt, raw_model, model, files, tokens_per_iter, iter_num, best) + schedule_warnings(cfg)
+                 + data_notes(cfg, raw_model, files, tokenizer)):
         print0(line)
-    tokenizer = dataset_tokenizer(os.path.join('data', cfg.dataset))  # read once: the data may go during the run
     # the batch of (iteration, micro-step), a function of the seed alone: the same for 1 or N processes
     train_batch = functools.partial(get_batch, files['train'], cfg.batch_size, raw_model.config.block_size,
                                     cfg.seed, TRAIN_BATCH, device=rt.device, vocab_size=raw_model.config.vocab_size)
@@ -185,6 +186,7 @@ def train_loop(cfg, rt, stop):
     # non-finite losses are counted on the device and checked where the loop syncs anyway
     nonfinite = torch.zeros(2, dtype=torch.long, device=rt.device)
     start_iter, t0, timed_from, stopped_by = iter_num, time.time(), iter_num, None
+    previous, overfitting_said = None, False  # the eval before, and whether overfitting was pointed out
     stop.armed = not cfg.eval_only
     with RunLog(cfg, rt) as log:
         while True:
@@ -194,19 +196,27 @@ def train_loop(cfg, rt, stop):
             # ---- evaluate and checkpoint
             if iter_num % cfg.eval_interval == 0 or final or cfg.eval_only:
                 check_stop(nonfinite, stop, iter_num, cfg, rt)
-                record, line = evaluate(model, raw_model, files, hellaswag_set, cfg, rt)
+                record, line = evaluate(model, raw_model, files, hellaswag_set, cfg, rt, stop)
+                if record is None:  # a stop asked for during the eval, which would have kept the run going
+                    stopped_by = stop_run(iter_num, start_iter, raw_model, optimizer, scaler, best, tokenizer, stop,
+                                          cfg, rt)
+                    break
                 print0(f"step {iter_num}: {line}")
                 log({'iter': iter_num, **record, 'lr': lr})
                 if not math.isfinite(record['train_loss']) or not math.isfinite(record['val_loss']):
                     raise nonfinite_error(iter_num, cfg, rt)  # the same losses on every process: all stop here
                 if cfg.eval_only:
                     break
+                if not overfitting_said and overfitting(record, previous, best):
+                    print0(overfitting_notice(record, best, cfg))
+                    overfitting_said = True
+                previous = record
                 improved = record['val_loss'] < best[0]
                 best = (record['val_loss'], iter_num) if improved else best
                 # the final weights are kept too, as ckpt_last.pt when they are not the best
                 if iter_num > start_iter and (improved or cfg.always_save_checkpoint or final):
                     save_run(checkpoint_name(improved, cfg.always_save_checkpoint), raw_model, optimizer, scaler,
-                             iter_num, best, tokenizer, cfg, rt)
+                             iter_num, best, tokenizer, cfg, rt, val_loss=record['val_loss'])
                 t0, timed_from = time.time(), iter_num  # time the training steps alone
             if final:
                 break
@@ -232,10 +242,8 @@ def train_loop(cfg, rt, stop):
             # under DDP every process checks at the same iterations, since the check is a collective
             if iter_num % cfg.log_interval == 0 or (stop.requested and not rt.ddp):
                 if check_stop(nonfinite, stop, iter_num, cfg, rt):
-                    print0(f"stop requested at iteration {iter_num}")
-                    save_run(checkpoint_name(False, cfg.always_save_checkpoint), raw_model, optimizer, scaler,
-                             iter_num, best, tokenizer, cfg, rt)
-                    stopped_by = stop.signum or signal.SIGTERM  # the process that was not signalled: as torchrun's
+                    stopped_by = stop_run(iter_num, start_iter, raw_model, optimizer, scaler, best, tokenizer, stop,
+                                          cfg, rt)
                     break
     if rt.ddp:
         # wait for rank 0's last checkpoint: a process that leaves the group early can abort the others' gloo
@@ -337,6 +345,45 @@ def schedule_warnings(cfg):
     return warnings
 
 
+def data_notes(cfg, model, files, tokenizer):
+    """
+    For a new model: where its vocabulary comes from when the data has none of its own, and one line when the
+    model is far larger than its data: it will memorise the text, not learn from it.
+    """
+    if cfg.init_from != 'scratch':
+        return []
+    notes = [f"no meta.pkl in the data folder: using GPT-2's vocab_size of {PADDED_VOCAB_SIZE} "
+             f"({GPT2_VOCAB_SIZE} rounded up)"] if tokenizer['kind'] == 'gpt2' else []
+    c = model.config
+    blocks = sum(p.numel() for p in model.transformer.h.parameters())  # the embeddings' unused rows do not count
+    tokens = sum(n for _, _, n in files['train'])
+    if blocks < MAX_PARAMS_PER_TOKEN * tokens:
+        return notes
+    return notes + [f"note: the model's blocks hold {blocks:,} parameters, {blocks / tokens:,.0f}x the {tokens:,} train "
+            f"tokens of data/{cfg.dataset}: it will learn the text by heart (val loss rising while train loss "
+            f"falls) rather than learn from it; give it more text, or a smaller model (now n_layer {c.n_layer}, "
+            f"n_embd {c.n_embd}: e.g. --n_layer={max(1, c.n_layer // 2)} --n_embd={max(1, c.n_embd // 2 // c.n_head) * c.n_head})"]
+
+
+OVERFITTING_MARGIN = 1.02  # val loss this far above its best, not just the noise of a few eval batches
+
+
+def overfitting(record, previous, best):
+    """Whether an eval (record) shows overfitting: val loss rising, and well above its best, while train loss falls."""
+    return (previous is not None and record['train_loss'] < previous['train_loss']
+            and record['val_loss'] > previous['val_loss'] and record['val_loss'] > OVERFITTING_MARGIN * best[0])
+
+
+def overfitting_notice(record, best, cfg):
+    keep = ("ckpt.pt keeps the best weights" if not cfg.always_save_checkpoint else
+            "always_save_checkpoint=True replaces ckpt.pt at every eval: resume with --always_save_checkpoint=False "
+            "to keep the best from now on")
+    at = f" at iteration {best[1]}" if best[1] is not None else ''
+    return (f"note: val loss {record['val_loss']:.4f} is rising (best {best[0]:.4f}{at}) while "
+            f"train loss falls ({record['train_loss']:.4f}): the model is overfitting, learning the train text by "
+            f"heart; {keep}; for a better model give it more text, a smaller model or dropout (e.g. --dropout=0.2)")
+
+
 def get_lr(it, cfg):
     """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, min_lr after that."""
     if not cfg.decay_lr:
@@ -365,6 +412,23 @@ def seed_dropout(seed, it, micro_step):
 # -----------------------------------------------------------------------------
 # the model and its optimizer, new or resumed
 
+def read_start(cfg, rt, data_dir):
+    """
+    What start_run reads, each process alike, checked against each other: the data's files, the model, its
+    checkpoint (None for a new run) and the tokenizer (read once: the data folder may go during the run).
+    """
+    data_vocab_size = meta_vocab_size(data_dir)
+    raw_model, checkpoint = init_model(cfg, data_vocab_size, rt.master and not cfg.eval_only)
+    fit_model(raw_model, checkpoint, cfg, data_vocab_size)
+    if checkpoint is not None:
+        check_resume(cfg, checkpoint)
+    files = {split: data_files(data_dir, split) for split in SPLITS}
+    for split, split_files in files.items():
+        check_split_length(split_files, split, raw_model.config.block_size, data_dir)
+    init_lora(raw_model, checkpoint, cfg)
+    return files, raw_model, checkpoint, dataset_tokenizer(data_dir)
+
+
 def init_model(cfg, data_vocab_size, owner=False):
     """
     Build the model: from scratch, from the run in out_dir, or from pretrained weights (OpenAI's GPT-2 by name,
@@ -373,9 +437,6 @@ def init_model(cfg, data_vocab_size, owner=False):
     """
     if cfg.init_from == 'scratch':
         model_args = {k: getattr(cfg, k) for k in MODEL_ARGS if k != 'vocab_size'}
-        if data_vocab_size is None:
-            print0(f"no meta.pkl in the data folder: using GPT-2's vocab_size of {PADDED_VOCAB_SIZE} "
-                   f"({GPT2_VOCAB_SIZE} rounded up)")
         model_args['vocab_size'] = data_vocab_size or PADDED_VOCAB_SIZE
         return GPT(GPTConfig(**model_args, dropout=cfg.dropout)), None
     if cfg.init_from == 'resume':
@@ -501,28 +562,45 @@ def shard_model(model):
 # evaluation, checkpoints, the log, stopping
 
 @torch.no_grad()
-def estimate_loss(model, files, block_size, cfg, rt, vocab_size=None):
-    """Mean loss over eval_iters fixed batches of each split, shared out over the DDP processes."""
+def estimate_loss(model, files, block_size, cfg, rt, vocab_size=None, stop=None):
+    """
+    Mean loss over eval_iters fixed batches of each split, shared out over the DDP processes. None when stop (a
+    StopRequest) is requested meanwhile: at the next batch, or under DDP, where every process must agree, at the
+    end of a split.
+    """
     out = {}
     model.eval()
-    for split, split_files in files.items():
-        total = torch.zeros(2, device=rt.device)  # sum of losses, number of batches
-        for k in range(rt.rank, cfg.eval_iters, rt.world_size):
-            X, Y = get_batch(split_files, cfg.batch_size, block_size, cfg.seed, EVAL_BATCH, SPLITS[split], k,
-                             device=rt.device, vocab_size=vocab_size)
-            with rt.autocast:
-                _, loss = model(X, Y)
-            total += torch.stack([loss.float(), torch.ones((), device=rt.device)])
-        if rt.ddp:
-            torch.distributed.all_reduce(total)
-        out[split] = (total[0] / total[1]).item()
-    model.train()
+    try:
+        for split, split_files in files.items():
+            total = torch.zeros(3, device=rt.device)  # sum of losses, number of batches, processes asked to stop
+            for k in range(rt.rank, cfg.eval_iters, rt.world_size):
+                if stop is not None and stop.requested and not rt.ddp:
+                    return None
+                X, Y = get_batch(split_files, cfg.batch_size, block_size, cfg.seed, EVAL_BATCH, SPLITS[split], k,
+                                 device=rt.device, vocab_size=vocab_size)
+                with rt.autocast:
+                    _, loss = model(X, Y)
+                total[:2] += torch.stack([loss.float(), torch.ones((), device=rt.device)])
+            if stop is not None and stop.requested:
+                total[2] = 1
+            if rt.ddp:
+                torch.distributed.all_reduce(total)
+            if total[2].item():
+                return None
+            out[split] = (total[0] / total[1]).item()
+    finally:
+        model.train()
     return out
 
 
-def evaluate(model, raw_model, files, hellaswag_set, cfg, rt):
-    """The losses (and HellaSwag scores, when asked) as a log record, printed as one line."""
-    losses = estimate_loss(model, files, raw_model.config.block_size, cfg, rt, raw_model.config.vocab_size)
+def evaluate(model, raw_model, files, hellaswag_set, cfg, rt, stop=None):
+    """
+    The losses (and HellaSwag scores, when asked) as a log record, and as one line to print; (None, None) when
+    stop (a StopRequest) is requested meanwhile (estimate_loss).
+    """
+    losses = estimate_loss(model, files, raw_model.config.block_size, cfg, rt, raw_model.config.vocab_size, stop)
+    if losses is None:
+        return None, None
     record = {'train_loss': losses['train'], 'val_loss': losses['val']}
     line = f"train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
     if cfg.eval_only:  # the figure people quote for a model on their own text: exp of the mean loss per token
@@ -536,10 +614,11 @@ def evaluate(model, raw_model, files, hellaswag_set, cfg, rt):
     return record, line
 
 
-def save_run(name, raw_model, optimizer, scaler, iter_num, best, tokenizer, cfg, rt):
+def save_run(name, raw_model, optimizer, scaler, iter_num, best, tokenizer, cfg, rt, val_loss=None):
     """
     Write the run's state to out_dir/name; a new best ckpt.pt replaces ckpt_last.pt. best is (best val loss, its
-    iteration); tokenizer is what decodes the model's tokens (data.dataset_tokenizer). Every process calls it
+    iteration); tokenizer is what decodes the model's tokens (data.dataset_tokenizer); val_loss is these weights'
+    (None when saved without an eval, at a stop). Every process calls it
     (under FSDP the state is gathered from all of them, one tensor at a time); the master writes.
     """
     # under FSDP both hold this process's shards (DTensors), named and numbered as in one process
@@ -552,6 +631,7 @@ def save_run(name, raw_model, optimizer, scaler, iter_num, best, tokenizer, cfg,
         'iter_num': iter_num,
         'best_val_loss': best[0],
         'best_iter': best[1],
+        'val_loss': val_loss,
         'config': vars(cfg),
         'scaler': scaler.state_dict(),
         'tokenizer': tokenizer,  # so sampling needs no data folder
@@ -563,6 +643,18 @@ def save_run(name, raw_model, optimizer, scaler, iter_num, best, tokenizer, cfg,
     last = os.path.join(cfg.out_dir, LAST)
     if rt.master and name == BEST and os.path.exists(last):  # the newest state is ckpt.pt again
         os.remove(last)
+
+
+def stop_run(iter_num, start_iter, raw_model, optimizer, scaler, best, tokenizer, stop, cfg, rt):
+    """
+    A stop asked for by a signal (StopRequest): save the state the run has reached, unless it is the one it
+    started from, and return the signal, which sets the exit status (main).
+    """
+    print0(f"stop requested at iteration {iter_num}")
+    if iter_num > start_iter:
+        save_run(checkpoint_name(False, cfg.always_save_checkpoint), raw_model, optimizer, scaler, iter_num, best,
+                 tokenizer, cfg, rt)
+    return stop.signum or signal.SIGTERM  # the process that was not signalled: as torchrun's
 
 
 def ends_line(path):
@@ -633,8 +725,10 @@ def nonfinite_error(iter_num, cfg, rt):
     else:
         what = (f"the loss was non-finite (nan or inf) for {FLOAT16_NONFINITE_LIMIT} iterations in a row (the "
                 f"float16 loss scaler skipped those steps, but the loss did not recover)")
-    return UserError(f"{what} by iteration {iter_num}; stopped without saving, so the last checkpoint in "
-                     f"'{cfg.out_dir}' is intact; lower learning_rate or raise warmup_iters, then resume")
+    error = UserError(f"{what} by iteration {iter_num}; stopped without saving, so the last checkpoint in "
+                      f"'{cfg.out_dir}' is intact; lower learning_rate or raise warmup_iters, then resume")
+    error.quiet = not rt.master  # every process stops here alike: one says so
+    return error
 
 
 def check_stop(streaks, stop, iter_num, cfg, rt):
@@ -724,12 +818,9 @@ def summary(iter_num, start_iter, best_val_loss, best_iter, cfg):
         return [f"stopped at iteration {iter_num}: no checkpoint in {cfg.out_dir} (none is written before the "
                 f"first eval after iteration {start_iter})"]
     best = f"best val loss {best_val_loss:.4f}" + (f" at iteration {best_iter}" if best_iter is not None else '')
-    sample_py = os.path.join(PROJECT_DIR, 'sample.py')
-    if os.path.dirname(os.path.abspath(sample_py)) == os.getcwd():
-        sample_py = 'sample.py'  # run from the project's folder, as the README does
     return [f"{'done' if iter_num >= cfg.max_iters else 'stopped'}: iteration {iter_num} of {cfg.max_iters}, {best}",
             f"checkpoint: {path}",
-            f"sample from it: python {shlex.quote(sample_py)} --out_dir={shlex.quote(cfg.out_dir)}"]
+            f"sample from it: python {project_path('sample.py')} --out_dir={shlex.quote(cfg.out_dir)}"]
 
 
 def main(argv=None):

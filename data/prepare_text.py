@@ -6,7 +6,8 @@ $ python data/prepare_text.py --input=book.txt --dataset=book                   
 $ python data/prepare_text.py --input=notes/ --input=more.jsonl --dataset=notes --tokenizer=gpt2
 $ python data/prepare_text.py --input='corpus/*.txt' --dataset=corpus --tokenizer=bpe --vocab_size=8192
 
-then `python train.py --dataset=NAME ...` and `python sample.py --out_dir=...`.
+then the run it suggests (`python train.py config/train_shakespeare_char_cpu.py --dataset=NAME ...` for a small
+corpus) and `python sample.py --out_dir=...`.
 
 Inputs: text files, folders (their .txt and .md files, recursively, in name order), .jsonl files (one document
 a line, its text in the field text_field) and globs; each file, and each jsonl line, is a document. Files are
@@ -27,6 +28,7 @@ val_fraction of the text, as for Tiny Shakespeare. The same input gives byte-ide
 
 import glob
 import json
+import math
 import os
 import re
 import sys
@@ -36,8 +38,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from common import UserError, gpt2_encoding, run_main  # noqa: E402
 from configurator import ConfigError, as_namespace, config_from_globals, load_config  # noqa: E402
-from data import (DatasetFiles, Progress, encode_pieces, import_tokenizers, load_tokenizer,  # noqa: E402
-                  ordered_map)
+from data import (MAX_PARAMS_PER_TOKEN, DatasetFiles, Progress, encode_pieces, import_tokenizers,  # noqa: E402
+                  load_tokenizer, ordered_map, project_path)
 
 # -----------------------------------------------------------------------------
 input = []  # text files, folders, .jsonl files or globs; give --input=... once for each
@@ -430,8 +432,35 @@ def prepare_text(cfg, data_root='data'):
             out.write_meta(meta)
     for split, n in counts.items():
         print(f"{split}.bin has {n:,} tokens")
-    print(f"wrote '{data_dir}'; train on it with python train.py --dataset={cfg.dataset} ...")
+    print(f"wrote '{os.path.abspath(data_dir)}'")
+    print(first_run_hint(cfg.dataset, counts))
     return counts
+
+
+CPU_CONFIG = 'config/train_shakespeare_char_cpu.py'  # 4 layers of 128, block_size 64: minutes on a laptop's CPU
+CPU_MODEL = (4, 128, 64)  # its n_layer, n_embd, block_size
+LARGE_CORPUS = 100_000_000  # train tokens from which GPT-2 124M (train.py's defaults, for GPUs) fits the data
+
+
+def first_run_hint(dataset, counts):
+    """A first run that fits the dataset just made: the small CPU config, scaled down for a tiny corpus."""
+    out = f"--dataset={dataset} --out_dir=out-{dataset}"
+    if counts['train'] >= LARGE_CORPUS:
+        return (f"train GPT-2 124M on it (GPUs): python {project_path('train.py')} {out}, or under torchrun "
+                f"--standalone --nproc_per_node=8")
+    n_layer, n_embd, block_size = CPU_MODEL
+    shortest = min(counts.values())
+    if shortest < 2:
+        return "its splits are too short to train on (one needs at least 2 tokens); give it more text"
+    args = []
+    if shortest <= block_size:  # each split must hold one window of block_size + 1 tokens
+        args.append(f"--block_size={2 ** int(math.log2(shortest - 1))}")
+    while 12 * n_layer * n_embd ** 2 > MAX_PARAMS_PER_TOKEN * counts['train'] and n_embd > 32:
+        n_layer, n_embd = max(2, n_layer // 2), n_embd // 2  # the blocks hold 12 n_embd^2 weights a layer
+    if (n_layer, n_embd) != CPU_MODEL[:2]:
+        args.append(f"--n_layer={n_layer} --n_embd={n_embd}")
+    return (f"a first run on it (a small model, on the CPU): "
+            f"{' '.join(['python', project_path('train.py'), project_path(CPU_CONFIG), out, *args])}")
 
 
 def main(argv=None):

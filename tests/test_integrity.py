@@ -115,3 +115,43 @@ def test_resume_with_no_intact_checkpoint_is_one_line_and_touches_nothing(stoppe
     r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=6', '--init_from=resume', cwd=stopped_run)
     assert_one_line_error(r, "checkpoint 'out/ckpt.pt' is damaged", 'use another checkpoint, or train again')
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+# -----------------------------------------------------------------------------
+# what was read: each reader says which checkpoint, its iteration and its val loss
+
+def note_lines(text):
+    return [line for line in text.splitlines() if line.startswith('read ')]
+
+
+def test_sample_explain_and_export_say_which_checkpoint_they_read(stopped_run):
+    import json
+    val = {r['iter']: r['val_loss'] for r in map(json.loads, open(stopped_run / 'out' / 'log.jsonl'))
+           if 'val_loss' in r}
+    expected = f"read out/ckpt.pt: iteration 2, val loss {val[2]:.4f}"
+    r = run_in_process('sample.py', '--out_dir=out', '--device=cpu', '--num_samples=1', '--max_new_tokens=3',
+                       cwd=stopped_run)
+    assert r.returncode == 0 and r.stderr.splitlines() == [expected], r.stderr
+    assert not note_lines(r.stdout)  # stdout is the samples' text alone
+    for args in (['--what=params'], ['--what=next', '--start=RO']):
+        r = run_in_process('explain.py', '--out_dir=out', '--device=cpu', *args, cwd=stopped_run)
+        assert r.returncode == 0 and r.stdout.splitlines()[0] == expected, r.stderr
+    r = run_in_process('export_hf.py', '--out_dir=out', '--hf_dir=hf', cwd=stopped_run)
+    assert r.returncode == 0 and note_lines(r.stdout) == [expected], r.stderr
+    # ckpt_last.pt, iteration 4: an eval measured it as the last one of the run
+    r = run_in_process('export_hf.py', '--out_dir=out', '--hf_dir=hf2', '--checkpoint=ckpt_last.pt', cwd=stopped_run)
+    assert note_lines(r.stdout) == [f"read out/ckpt_last.pt: iteration 4, val loss {val[4]:.4f}"]
+
+
+def test_a_checkpoint_saved_at_a_stop_says_its_val_loss_was_never_measured(tmp_path):
+    from checkpoint import checkpoint_note
+    stopped = {'iter_num': 7, 'best_val_loss': 2.5, 'best_iter': 5, 'val_loss': None}
+    assert checkpoint_note('out/ckpt_last.pt', stopped) == (
+        "read out/ckpt_last.pt: iteration 7, its val loss never measured (saved without an eval); the run's best "
+        "was 2.5000 at iteration 5")
+    # nanoGPT's checkpoints: no val_loss or best_iter; its best_val_loss starts at 1e9
+    assert checkpoint_note('ckpt.pt', {'iter_num': 250, 'best_val_loss': 1.8}) == \
+        "read ckpt.pt: iteration 250, val loss 1.8000"
+    assert checkpoint_note('ckpt.pt', {'iter_num': 0, 'best_val_loss': 1e9}) == \
+        "read ckpt.pt: iteration 0, its val loss never measured (saved without an eval)"
+    assert checkpoint_note('ckpt.pt', {}) == "read ckpt.pt: weights without an iteration or val loss"
