@@ -237,11 +237,29 @@ def own_out_dir(out_dir, resume, overwrite):
                 os.remove(os.path.join(out_dir, name))
         for path in _temporary_files(out_dir):  # the lock is ours: no other process is writing these
             os.remove(path)
+        _check_writable(out_dir)
         yield
     finally:
         lock.close()  # and with it the lock
         if made:
             _remove_if_unused(out_dir)
+
+
+def _check_writable(out_dir):
+    """
+    That a run can write its checkpoints (a new file, renamed into place) and its log in out_dir, found now rather
+    than at its first save: a folder made read-only since, a log.jsonl that cannot be appended to.
+    """
+    probe = os.path.join(out_dir, f'{BEST}.{os.getpid()}.probe.tmp')  # a kill leaves one _temporary_files finds
+    try:
+        open(probe, 'x').close()
+        os.remove(probe)
+        if os.path.exists(os.path.join(out_dir, LOG)):
+            open(os.path.join(out_dir, LOG), 'a').close()
+    except OSError as e:
+        name = f"'{e.filename}'" if e.filename else f"out_dir '{out_dir}'"
+        raise UserError(f"cannot write {name} ({os_reason(e)}); fix the permissions of out_dir '{out_dir}', or "
+                        f"choose another --out_dir") from None
 
 
 def _remove_if_unused(out_dir):
@@ -436,6 +454,11 @@ def model_from_checkpoint(checkpoint, path, dropout=0.0):
     model = GPT(GPTConfig(**model_args, dropout=dropout))
     # old nanoGPT checkpoints carry the fallback attention's causal mask as 'attn.bias'; it is not a weight
     state_dict = {k: v for k, v in checkpoint['model'].items() if not k.endswith('.attn.bias')}
+    nonfinite = next((k for k, v in state_dict.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                      and not torch.isfinite(v).all()), None)
+    if nonfinite:
+        raise UserError(f"checkpoint '{path}' holds non-finite weights (nan or inf, in {nonfinite}): the run "
+                        f"diverged before it was saved; use an earlier checkpoint")
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:

@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import os
 import secrets
+import shutil
 import sys
 import time
 from contextlib import nullcontext, suppress
@@ -56,10 +57,13 @@ def say_once(line, error):
     meets alike (settings, and whatever comes before the process group is joined), by the process all_or_none
     chose for an error it shared out; any other error after joining is a process's own, said with its rank.
     """
-    rank = os.environ.get('RANK', '0').strip() or '0'
-    if rank != '0' and (not _joined or isinstance(error, (ConfigError, KeyboardInterrupt)) or error.quiet):
+    try:
+        rank = dist_env()[1]
+    except UserError:  # torchrun's variables are wrong (that may be the error): every process says so
+        rank = 0
+    if rank and (not _joined or isinstance(error, (ConfigError, KeyboardInterrupt)) or error.quiet):
         return
-    if rank != '0' and not error.quiet and line.startswith('error: '):
+    if rank and line.startswith('error: '):
         line = f"error: (process {rank}) {line[len('error: '):]}"
     print(line, file=sys.stderr)
 
@@ -506,8 +510,13 @@ def write_atomically(path, write):
     except BaseException as e:
         with suppress(FileNotFoundError):
             os.remove(tmp)
-        if isinstance(e, (OSError, RuntimeError)):  # torch's zip writer reports a failed write as RuntimeError
-            raise UserError(f"could not write '{path}' ({os_reason(e)}); the file there before, if any, is "
+        if isinstance(e, (OSError, RuntimeError)):
+            if isinstance(e, OSError):
+                reason = os_reason(e)
+            else:  # torch's zip writer reports a failed write (a full disk, mostly) as '[enforce fail at ...]'
+                free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+                reason = f"the write failed with {free / 1e6:,.0f} MB free on its disk"
+            raise UserError(f"could not write '{path}' ({reason}); the file there before, if any, is "
                             f"intact: free disk space or fix the folder's permissions, then try again") from None
         raise
 

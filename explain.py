@@ -13,6 +13,7 @@ Counting needs no weights (a GPT-2 name is not downloaded for it); the other mod
 Only --png needs matplotlib.
 """
 
+import math
 import os
 from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
@@ -171,12 +172,15 @@ def compare_text(names, configs):
     counts = [param_counts(c) for c in configs]
     columns = [[str(getattr(c, key)) for key in SHAPE] for c in configs]
     for column, rows in zip(columns, counts):
-        column += [f'{rows[key][1]:,}' for key in COMPARED] + list(memory_rows(rows['total'][1]).values())
-    keys = [*SHAPE, *COMPARED, *memory_rows(0)]
+        column += [f'{rows[key][1]:,}' for key in COMPARED] + [f"{rows['total'][1] - rows['wpe'][1]:,}"]
+        column += list(memory_rows(rows['total'][1]).values())
+    keys = [*SHAPE, *COMPARED, 'without wpe', *memory_rows(0)]
     widths = [max(14, len(name) + 2) for name in names]
     lines = [' ' * 22 + ''.join(f'{n:>{w}}' for n, w in zip(names, widths))]
     lines += [f'{key:<22}' + ''.join(f'{column[i]:>{w}}' for column, w in zip(columns, widths))
               for i, key in enumerate(keys)]
+    lines.append("total counts every parameter, wpe included (as Hugging Face does); train.py's 'model: N parameters' "
+                 "leaves wpe out, as nanoGPT's get_num_params does: the 'without wpe' row")
     return '\n'.join(lines)
 
 
@@ -406,13 +410,23 @@ def check(cfg):
             raise ConfigError(f"{key}={getattr(cfg, key)} must be at least 1")
     if cfg.top_p is not None and not 0.0 < cfg.top_p <= 1.0:
         raise ConfigError(f"top_p={cfg.top_p} must be in (0, 1], or None")
+    for key in SHAPE[:-1]:  # bias is a bool
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}={getattr(cfg, key)} must be at least 1")
+    if cfg.compare is not None and not compared_names(cfg.compare):
+        raise ConfigError(f"compare={cfg.compare!r} names no model; give models to compare, comma-separated, e.g. "
+                          f"--compare=gpt2,gpt2-medium")
     try:
         temperatures = [float(t) for t in str(cfg.temperatures).split(',')]
     except ValueError:
         temperatures = []
-    if not temperatures or min(temperatures) <= 0:
-        raise ConfigError(f"temperatures={cfg.temperatures!r} must be numbers above 0, comma-separated")
+    if not temperatures or not all(0 < t < math.inf for t in temperatures):
+        raise ConfigError(f"temperatures={cfg.temperatures!r} must be numbers above 0 and finite, comma-separated")
     return temperatures
+
+
+def compared_names(compare):
+    return [n.strip() for n in compare.split(',') if n.strip()]
 
 
 def explain(cfg):
@@ -421,7 +435,7 @@ def explain(cfg):
     temperatures = check(cfg)
     if cfg.what == 'params':
         if cfg.compare:
-            names = [n.strip() for n in cfg.compare.split(',') if n.strip()]
+            names = compared_names(cfg.compare)
             text = compare_text(names, [compared_config(n) for n in names])
         else:
             text = params_text(model_config(cfg))

@@ -13,7 +13,7 @@ import re
 import sys
 
 # common first: it makes a Ctrl-C while torch loads end in one line, not a traceback
-from common import UserError, gpt2_encoding, read_text, run_main, setup
+from common import UserError, first_line, gpt2_encoding, read_text, run_main, setup
 import torch
 
 from configurator import SEED_RANGE, as_namespace, config_from_globals, load_config, require
@@ -123,7 +123,13 @@ def get_codec(tokenizer):
             return [stoi[c] for c in s]
         return encode, lambda ids: ''.join(chars[i] for i in ids)
     if tokenizer['kind'] == 'bpe':  # a dataset's own BPE (data/prepare_text.py), a Hugging Face tokenizers file
-        tok = import_tokenizers().Tokenizer.from_str(tokenizer['json'])
+        try:
+            tok = import_tokenizers().Tokenizer.from_str(tokenizer['json'])
+        except Exception as e:
+            if isinstance(e, UserError):
+                raise
+            raise UserError(f"this model's stored tokenizer cannot be read ({first_line(e)}); its checkpoint is "
+                            f"damaged or was not written by train.py") from None
         return lambda s: tok.encode(s).ids, lambda ids: tok.decode(ids, skip_special_tokens=False)
     if tokenizer['kind'] == 'gpt2':
         enc = gpt2_encoding()

@@ -190,7 +190,7 @@ def train_loop(cfg, rt, stop):
     stop.armed = not cfg.eval_only
     with RunLog(cfg, rt) as log:
         while True:
-            lr = set_lr(optimizer, get_lr(iter_num, cfg))
+            lrs = set_lr(optimizer, get_lr(iter_num, cfg))
             final = iter_num >= cfg.max_iters
 
             # ---- evaluate and checkpoint
@@ -202,7 +202,7 @@ def train_loop(cfg, rt, stop):
                                           cfg, rt)
                     break
                 print0(f"step {iter_num}: {line}")
-                log({'iter': iter_num, **record, 'lr': lr})
+                log({'iter': iter_num, **record, **lrs})
                 if not math.isfinite(record['train_loss']) or not math.isfinite(record['val_loss']):
                     raise nonfinite_error(iter_num, cfg, rt)  # the same losses on every process: all stop here
                 if cfg.eval_only:
@@ -237,7 +237,7 @@ def train_loop(cfg, rt, stop):
                 peak = device_peak_flops(rt) if rt.device_type == 'cuda' else None
                 mfu = raw_model.estimate_mfu(cfg.batch_size * accum_steps, dt, peak) if peak else None
                 print(log_line(iter_num, lossf, dt, tokens_per_iter, mfu, cfg))
-                log({'iter': iter_num, 'loss': lossf, 'lr': lr, 'ms': dt * 1000, 'tok_s': tokens_per_iter / dt,
+                log({'iter': iter_num, 'loss': lossf, **lrs, 'ms': dt * 1000, 'tok_s': tokens_per_iter / dt,
                      'mfu': mfu})
             # under DDP every process checks at the same iterations, since the check is a collective
             if iter_num % cfg.log_interval == 0 or (stop.requested and not rt.ddp):
@@ -305,12 +305,20 @@ def check_settings(cfg):
                   'grad_clip', 'lora_rank', 'muon_lr', 'muon_weight_decay'), lambda v: v >= 0, '0 or more')
     require(cfg, ('dropout', 'beta1', 'beta2', 'lora_dropout', 'muon_momentum'), lambda v: 0 <= v < 1, 'in [0, 1)')
     require(cfg, 'seed', *SEED_RANGE)
-    require(cfg, ('dataset', 'out_dir'), lambda v: v.strip() != '', 'a folder name, not empty')
+    require(cfg, ('dataset', 'out_dir'), lambda v: v.strip() != '' and v.isprintable(),
+            'a folder name, not empty and without control characters (a newline, say)')
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(f"n_embd={cfg.n_embd} must be a multiple of n_head={cfg.n_head}")
     if cfg.decay_lr and cfg.min_lr > cfg.learning_rate:
         raise ConfigError(f"min_lr={cfg.min_lr} is above learning_rate={cfg.learning_rate}, but the schedule decays "
                           f"from learning_rate to min_lr; lower min_lr (learning_rate/10 is usual)")
+    require(cfg, 'lora_alpha', lambda v: v > 0, 'above 0 (the adapters are scaled by lora_alpha / lora_rank)')
+    lora_only = [f'{k}={getattr(cfg, k)!r}' for k in ('lora_alpha', 'lora_dropout', 'lora_targets')
+                 if getattr(cfg, k) != DEFAULTS[k]]
+    if lora_only and not cfg.lora_rank and cfg.init_from != 'resume':  # (a resumed run is checked by init_lora)
+        raise ConfigError(f"{', '.join(lora_only)} {'is a LoRA setting' if len(lora_only) == 1 else 'are LoRA settings'}"
+                          f", but lora_rank=0 trains every weight, without adapters; set --lora_rank (8, say) for "
+                          f"LoRA, or leave {'it' if len(lora_only) == 1 else 'them'} out")
     unknown = set(lora_target_names(cfg)) - set(LORA_TARGETS)
     if unknown or not lora_target_names(cfg):
         raise ConfigError(f"lora_targets='{cfg.lora_targets}' must name some of {', '.join(LORA_TARGETS)}, "
@@ -324,6 +332,9 @@ def check_settings(cfg):
     if cfg.optimizer == 'muon' and (cfg.fsdp or cfg.lora_rank):  # Muon needs whole matrices, and LoRA is AdamW's
         raise ConfigError(f"optimizer='muon' does not work with {'fsdp=True' if cfg.fsdp else 'lora_rank > 0'}; "
                           f"use optimizer='adamw'")
+    if cfg.fsdp and not dist_env()[0]:
+        raise ConfigError("fsdp=True shards the model over the processes of torchrun; run under torchrun "
+                          "(torchrun --standalone --nproc_per_node=N train.py ...), or leave fsdp off")
 
 
 def schedule_warnings(cfg):
@@ -398,10 +409,14 @@ def get_lr(it, cfg):
 
 
 def set_lr(optimizer, lr):
-    """Every group follows the schedule: at lr, or at lr times the group's lr_scale (Muon's groups)."""
+    """
+    Every group follows the schedule: at lr, or at lr times the group's lr_scale (Muon's groups). Returns the rates
+    to log: {'lr': lr}, and Muon's as 'muon_lr' where there is one.
+    """
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr * param_group.get('lr_scale', 1.0)
-    return lr
+    scaled = [g['lr'] for g in optimizer.param_groups if 'lr_scale' in g]
+    return {'lr': lr, **({'muon_lr': scaled[0]} if scaled else {})}
 
 
 def seed_dropout(seed, it, micro_step):
@@ -420,13 +435,14 @@ def read_start(cfg, rt, data_dir):
     data_vocab_size = meta_vocab_size(data_dir)
     raw_model, checkpoint = init_model(cfg, data_vocab_size, rt.master and not cfg.eval_only)
     fit_model(raw_model, checkpoint, cfg, data_vocab_size)
+    tokenizer = dataset_tokenizer(data_dir)
     if checkpoint is not None:
-        check_resume(cfg, checkpoint)
+        check_resume(cfg, checkpoint, tokenizer)
     files = {split: data_files(data_dir, split) for split in SPLITS}
     for split, split_files in files.items():
         check_split_length(split_files, split, raw_model.config.block_size, data_dir)
     init_lora(raw_model, checkpoint, cfg)
-    return files, raw_model, checkpoint, dataset_tokenizer(data_dir)
+    return files, raw_model, checkpoint, tokenizer
 
 
 def init_model(cfg, data_vocab_size, owner=False):
@@ -462,8 +478,11 @@ def fit_model(model, checkpoint, cfg, data_vocab_size):
                         f"{model.config.vocab_size}; train on the dataset the model was made for")
 
 
-def check_resume(cfg, checkpoint):
-    """A resumed run goes on as it was: its model's shape cannot change, nor, unless asked, its dataset."""
+def check_resume(cfg, checkpoint, tokenizer):
+    """
+    A resumed run goes on as it was: its model's shape cannot change, nor, unless asked, its dataset, nor ever the
+    meaning of its token ids (tokenizer: the data's, from data.dataset_tokenizer).
+    """
     saved = checkpoint.get('config') or {}  # the settings the run was started (or last resumed) with
     changed = [k for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias') if k in saved
                and getattr(cfg, k) != saved[k]]
@@ -475,6 +494,23 @@ def check_resume(cfg, checkpoint):
     if 'dataset' in saved and cfg.dataset != saved['dataset'] and not cfg.change_dataset:
         raise UserError(f"dataset='{cfg.dataset}' is not the resumed run's dataset '{saved['dataset']}'; resume "
                         f"with --dataset={saved['dataset']}, or add --change_dataset=True to go on with new data")
+    # a vocabulary of the data's own (meta.pkl) must be the run's: the same ids for the same text. (Data without
+    # one is GPT-2's BPE, whose ids the vocabulary size and the batches' token check guard.)
+    trained_on = checkpoint.get('tokenizer')
+    if trained_on and tokenizer['kind'] != 'gpt2' and tokenizer != trained_on:
+        fix = ("prepare it with the run's vocabulary, or start a new run on it" if cfg.dataset != saved.get('dataset')
+               else "it was prepared again from other text since; prepare it as it was, or start a new run")
+        raise UserError(f"data/{cfg.dataset} has {vocabulary_text(tokenizer)}, but the run in '{cfg.out_dir}' was "
+                        f"trained with {vocabulary_text(trained_on)}, so its token ids would mean other text to the "
+                        f"model; {fix}")
+
+
+def vocabulary_text(tokenizer):
+    """A tokenizer (data.dataset_tokenizer) in a few words."""
+    if tokenizer['kind'] == 'char':
+        chars = ''.join(tokenizer['chars'])
+        return f"a vocabulary of {len(chars)} characters ({chars[:20]!r}{'...' if len(chars) > 20 else ''})"
+    return "a BPE vocabulary of its own" if tokenizer['kind'] == 'bpe' else "GPT-2's BPE vocabulary"
 
 
 def init_optimizer(model, checkpoint, cfg, rt):
@@ -513,8 +549,6 @@ def wrap_model(model, compile, rt, fsdp=False):
     """
     if rt.ddp and fsdp:
         shard_model(model)
-    elif fsdp:
-        print0("fsdp=True shards over the processes of torchrun; this one process trains unsharded")
     if compile is None and rt.device_type == 'cuda':
         blocker = compile_blocker(rt.device)
         if blocker:
@@ -684,7 +718,11 @@ class RunLog:
             self.wandb = wandb
         if not cfg.eval_only:
             self.path = os.path.join(cfg.out_dir, LOG)
-            self.file = open(self.path, 'a' if cfg.init_from == 'resume' else 'w')
+            try:
+                self.file = open(self.path, 'a' if cfg.init_from == 'resume' else 'w')
+            except OSError as e:
+                raise UserError(f"cannot write the run's log '{self.path}' ({e.strerror}); fix its permissions, or "
+                                f"choose another --out_dir") from None
             if self.file.tell() and not ends_line(self.path):
                 self.file.write('\n')  # a record cut off when the run was killed: the resumed ones start anew
 

@@ -45,6 +45,12 @@ def ddp_runtime(rank, world_size=3):
     return Runtime('cpu', 'cpu', 'float32', nullcontext(), ddp=True, rank=rank, world_size=world_size)
 
 
+def torchrun_env(monkeypatch, rank, world_size=3):
+    for key, value in dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=world_size, MASTER_ADDR='127.0.0.1',
+                           MASTER_PORT=29500).items():
+        monkeypatch.setenv(key, str(value))
+
+
 @pytest.mark.parametrize('failed, rank, says', [
     ({1}, 0, 'error: another process failed (process 1, its error is above); stopping this one too'),
     ({1}, 1, 'error: (process 1) no such file'),  # its own error: it says it, with its rank
@@ -59,7 +65,7 @@ def test_all_or_none_has_one_process_say_why(monkeypatch, capsys, failed, rank, 
             tensor[r] = 1.0
     monkeypatch.setattr(torch.distributed, 'all_reduce', all_reduce)
     monkeypatch.setattr(common, '_joined', True)
-    monkeypatch.setenv('RANK', str(rank))
+    torchrun_env(monkeypatch, rank)
     with pytest.raises(SystemExit):
         common.run_main(lambda: common.all_or_none(ddp_runtime(rank),
                                                    UserError('no such file') if rank in failed else None))
@@ -68,7 +74,7 @@ def test_all_or_none_has_one_process_say_why(monkeypatch, capsys, failed, rank, 
 
 @pytest.mark.parametrize('rank', ['0', '1'])
 def test_errors_before_the_process_group_are_said_by_rank_0_alone(monkeypatch, capsys, rank):
-    monkeypatch.setenv('RANK', rank)
+    torchrun_env(monkeypatch, rank)
     monkeypatch.setattr(common, '_joined', False)
     for error in (UserError('bad'), KeyboardInterrupt()):
         with pytest.raises(SystemExit):
