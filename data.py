@@ -10,6 +10,7 @@ import glob
 import importlib.util
 import os
 import pickle
+import signal
 import sys
 import time
 from multiprocessing import Pool
@@ -231,7 +232,7 @@ def ordered_map(fn, tasks, num_proc=1, initializer=None, initargs=()):
             initializer(*initargs)
         yield from map(fn, tasks)
         return
-    with Pool(num_proc, initializer, initargs) as pool:  # leaving the block terminates the workers
+    with Pool(num_proc, _start_worker, (initializer, initargs)) as pool:  # leaving the block terminates the workers
         pending = collections.deque()
         for task in tasks:
             pending.append(pool.apply_async(fn, (task,)))
@@ -239,6 +240,14 @@ def ordered_map(fn, tasks, num_proc=1, initializer=None, initargs=()):
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+
+def _start_worker(initializer, initargs):
+    # a Ctrl-C reaches every process of the terminal's group: the main process alone answers it, and ends the
+    # workers (no traceback from each)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 class Progress:

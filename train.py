@@ -316,9 +316,10 @@ def check_settings(cfg):
     lora_only = [f'{k}={getattr(cfg, k)!r}' for k in ('lora_alpha', 'lora_dropout', 'lora_targets')
                  if getattr(cfg, k) != DEFAULTS[k]]
     if lora_only and not cfg.lora_rank and cfg.init_from != 'resume':  # (a resumed run is checked by init_lora)
-        raise ConfigError(f"{', '.join(lora_only)} {'is a LoRA setting' if len(lora_only) == 1 else 'are LoRA settings'}"
-                          f", but lora_rank=0 trains every weight, without adapters; set --lora_rank (8, say) for "
-                          f"LoRA, or leave {'it' if len(lora_only) == 1 else 'them'} out")
+        one = len(lora_only) == 1
+        raise ConfigError(f"{', '.join(lora_only)} {'is a LoRA setting' if one else 'are LoRA settings'}, but "
+                          f"lora_rank=0 trains every weight, without adapters; set --lora_rank (8, say) for LoRA, or "
+                          f"leave {'it' if one else 'them'} out")
     unknown = set(lora_target_names(cfg)) - set(LORA_TARGETS)
     if unknown or not lora_target_names(cfg):
         raise ConfigError(f"lora_targets='{cfg.lora_targets}' must name some of {', '.join(LORA_TARGETS)}, "
@@ -370,10 +371,11 @@ def data_notes(cfg, model, files, tokenizer):
     tokens = sum(n for _, _, n in files['train'])
     if blocks < MAX_PARAMS_PER_TOKEN * tokens:
         return notes
-    return notes + [f"note: the model's blocks hold {blocks:,} parameters, {blocks / tokens:,.0f}x the {tokens:,} train "
-            f"tokens of data/{cfg.dataset}: it will learn the text by heart (val loss rising while train loss "
-            f"falls) rather than learn from it; give it more text, or a smaller model (now n_layer {c.n_layer}, "
-            f"n_embd {c.n_embd}: e.g. --n_layer={max(1, c.n_layer // 2)} --n_embd={max(1, c.n_embd // 2 // c.n_head) * c.n_head})"]
+    smaller = f"--n_layer={max(1, c.n_layer // 2)} --n_embd={max(1, c.n_embd // 2 // c.n_head) * c.n_head}"
+    return notes + [f"note: the model's blocks hold {blocks:,} parameters, {blocks / tokens:,.0f}x the {tokens:,} "
+                    f"train tokens of data/{cfg.dataset}: it will learn the text by heart (val loss rising while "
+                    f"train loss falls) rather than learn from it; give it more text, or a smaller model (now "
+                    f"n_layer {c.n_layer}, n_embd {c.n_embd}: e.g. {smaller})"]
 
 
 OVERFITTING_MARGIN = 1.02  # val loss this far above its best, not just the noise of a few eval batches

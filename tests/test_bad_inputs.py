@@ -11,6 +11,7 @@ import torch
 
 from checkpoint import save_checkpoint
 from helpers import TINY, checksums, run_in_process, run_script, shakespeare_text
+import test_errors
 from test_errors import assert_one_line_error
 from test_plot import run_records, write_log
 
@@ -29,15 +30,11 @@ def permissions_stop_this_process():
 
 
 enforced_permissions = pytest.mark.skipif(not permissions_stop_this_process(),
-                             reason='this process (root) reads and writes files whatever their permissions')
+                                          reason='this process (root) reads and writes files whatever their '
+                                                 'permissions')
 
 
-@pytest.fixture
-def trained(char_data):
-    """A working folder with a tiny trained run in out/ (2 iterations, trained in this process)."""
-    r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=2', cwd=char_data)
-    assert r.returncode == 0, r.stderr
-    return char_data
+trained = test_errors.trained  # the fixture: a tiny trained run in out/
 
 
 # -----------------------------------------------------------------------------
@@ -331,8 +328,8 @@ def test_a_garbage_tokenizer_file_is_refused_before_it_is_stored(char_data):
     (data_dir / 'meta.pkl').write_bytes(pickle.dumps({'vocab_size': 300, 'tokenizer': 'tokenizer.json'}))
     (data_dir / 'tokenizer.json').write_text('{"this": "is not a tokenizer"}')
     r = run_in_process('train.py', *TINY, '--out_dir=out', cwd=char_data)
-    assert_one_line_error(r, f"the dataset's tokenizer file '{os.path.join('data', 'shakespeare_char', 'tokenizer.json')}' "
-                             f"cannot be read as a tokenizer")
+    path = os.path.join('data', 'shakespeare_char', 'tokenizer.json')
+    assert_one_line_error(r, f"the dataset's tokenizer file '{path}' cannot be read as a tokenizer")
     assert not (char_data / 'out').exists()
 
 
@@ -365,8 +362,8 @@ def test_run_from_another_folder_says_where_the_data_is(tmp_path, monkeypatch):
     os.makedirs(tmp_path / 'elsewhere')
     r = run_in_process('train.py', *TINY, '--dataset=mine', '--out_dir=out', cwd=tmp_path / 'elsewhere')
     assert_one_line_error(r, f"no train data in 'data/mine' (train.bin or *train*.bin shards) (data/ is read from the "
-                             f"current folder, {tmp_path / 'elsewhere'}; the dataset is in {project / 'data' / 'mine'}: "
-                             f"run from {project})")
+                             f"current folder, {tmp_path / 'elsewhere'}; the dataset is in "
+                             f"{project / 'data' / 'mine'}: run from {project})")
 
 
 # -----------------------------------------------------------------------------

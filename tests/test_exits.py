@@ -31,8 +31,9 @@ def worker_lines(stderr):
 @pytest.mark.slow
 @pytest.mark.parametrize('args, line', [
     (['--lerning_rate=1'], "error: unknown config key 'lerning_rate' (did you mean 'learning_rate'?)"),
-    (['--dataset=nosuch', '--gradient_accumulation_steps=2'], "error: no train data in 'data/nosuch' (train.bin or *train*.bin shards); run "
-                           "`python data/prepare_text.py --input=PATH --dataset=nosuch` first"),
+    (['--dataset=nosuch', '--gradient_accumulation_steps=2'],
+     "error: no train data in 'data/nosuch' (train.bin or *train*.bin shards); run "
+     "`python data/prepare_text.py --input=PATH --dataset=nosuch` first"),
 ])
 def test_an_error_under_torchrun_is_said_once(char_data, args, line):
     r = torchrun(*TINY, '--out_dir=out', *args, cwd=char_data)
@@ -115,3 +116,14 @@ def test_a_folder_that_was_there_or_holds_more_is_kept(char_data):
         r = run_in_process('train.py', *TINY, f'--out_dir={out_dir}', '--block_size=100000', cwd=char_data)
         assert r.returncode == 1
     assert (char_data / 'mine' / 'notes.txt').read_text() == 'keep me' and (char_data / 'empty').is_dir()
+
+
+def _sigint_handler(_):
+    import signal
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_worker_processes_leave_a_ctrl_c_to_the_main_process():
+    """A Ctrl-C reaches the workers too: they ignore it, the main process says 'interrupted' once and ends them."""
+    from data import ordered_map
+    assert list(ordered_map(_sigint_handler, range(4), num_proc=2)) == [True] * 4
