@@ -24,9 +24,10 @@ import os
 import statistics
 import time
 
+# common first: it makes a Ctrl-C while torch loads end in one line, not a traceback
+from common import UserError, device_peak_flops, device_text, return_freed_memory, run_main, setup, threads_text
 import torch
 
-from common import UserError, device_peak_flops, device_text, return_freed_memory, run_main, setup, threads_text
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
 from data import TRAIN_BATCH, data_files, get_batch
 from checkpoint import load_model
@@ -150,9 +151,13 @@ def bench_train(cfg):
     if cfg.profile:
         with torch.profiler.profile(with_stack=False, record_shapes=True) as prof:
             steps(min(cfg.num_steps, 5), cfg.warmup_steps)
-        os.makedirs(cfg.profile_dir, exist_ok=True)
         trace = os.path.join(cfg.profile_dir, 'bench_trace.json')
-        prof.export_chrome_trace(trace)
+        try:
+            os.makedirs(cfg.profile_dir, exist_ok=True)
+            prof.export_chrome_trace(trace)
+        except OSError as e:
+            raise UserError(f"cannot write the profiler's trace '{trace}' ({e.strerror}); give another "
+                            f"--profile_dir") from None
         print(prof.key_averages().table(sort_by='self_cpu_time_total' if rt.device_type == 'cpu' else
                                         'self_device_time_total', row_limit=15))
         print(f"profiler trace written to {trace} (open it in chrome://tracing or https://ui.perfetto.dev)")
@@ -259,6 +264,9 @@ def bench_generate(cfg):
     fns = generation_paths(cfg, rt, model)
     if not fns:
         raise ConfigError(f"no path of paths={cfg.paths!r} can run here; add cache")
+    if cfg.prompt_len > c.block_size:
+        raise ConfigError(f"prompt_len={cfg.prompt_len} is longer than the model's block_size={c.block_size}, the "
+                          f"most tokens it sees at once; give a prompt_len of {c.block_size} or less")
 
     def run(name):
         synchronize(rt.device_type)

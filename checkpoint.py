@@ -4,15 +4,18 @@ run's files to read, reading them safely, and the models they hold (load_model a
 Hugging Face folders). A run's folder (out_dir) is owned by one run at a time (own_out_dir).
 
 A checkpoint is nanoGPT's ckpt.pt: a dict with 'model' (the state dict), 'optimizer', 'model_args', 'iter_num',
-'best_val_loss' and 'config', plus this project's 'best_iter', 'scaler', 'tokenizer' and, for LoRA runs, 'lora'.
+'best_val_loss' and 'config', plus this project's 'best_iter', 'val_loss' (of these weights; None when they were
+saved without an eval), 'scaler', 'tokenizer' and, for LoRA runs, 'lora'.
 """
 
 import glob
+import mmap
 import os
 import pickle
 import struct
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
@@ -21,7 +24,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 import hf
-from common import UserError, first_line, os_reason, write_atomically
+from common import UserError, first_line, os_reason, print0, write_atomically
 from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, MODEL_ARGS, GPTConfig
 
 try:
@@ -50,28 +53,69 @@ LOCK = 'train.lock'  # held (flock) by the one run that writes the folder; the O
 
 def checkpoint_path(out_dir, purpose):
     """
-    The checkpoint of the run in out_dir to read for purpose: 'resume' wants the newest state, the one of
+    The checkpoint of the run in out_dir to read for purpose: 'resume' wants the newest intact state, the one of
     ckpt.pt and ckpt_last.pt with the higher iter_num (a run killed between saving one and deleting the other
-    leaves both); 'use' (sample, evaluate, export) wants the best weights (ckpt.pt, or ckpt_last.pt in a run
-    stopped before its first saved eval).
+    leaves both; see resume_checkpoint); 'use' (sample, evaluate, export) wants the best weights (ckpt.pt, or
+    ckpt_last.pt in a run stopped before its first saved eval).
     """
     assert purpose in ('resume', 'use')
+    if purpose == 'resume':
+        return resume_checkpoint(out_dir)[0]
     best, last = os.path.join(out_dir, BEST), os.path.join(out_dir, LAST)
-    if purpose == 'resume' and os.path.exists(best) and os.path.exists(last):
-        return last if _iter_num(last, other=best) > _iter_num(best, other=last) else best
-    for path in ((last, best) if purpose == 'resume' else (best, last)):
+    return last if os.path.exists(last) and not os.path.exists(best) else best  # neither: load_checkpoint says so
+
+
+DAMAGED = '.damaged'  # a damaged checkpoint set aside by the run that found it keeps its name, plus this
+
+
+def resume_checkpoint(out_dir, owner=False):
+    """
+    (path, checkpoint) of the newest intact state of the run in out_dir: of ckpt.pt and ckpt_last.pt, the one
+    with the higher iter_num among those that pass load_checkpoint's integrity check. A damaged one is passed
+    over with a notice, and, when owner (the process that writes out_dir), set aside as '<name>.damaged', so
+    that it is neither resumed nor replaced: the evidence stays. No intact one is a UserError.
+    """
+    found, damaged = [], []
+    for path in (os.path.join(out_dir, BEST), os.path.join(out_dir, LAST)):
         if os.path.exists(path):
-            return path
-    return best  # neither: load_checkpoint says so
+            try:
+                found.append((path, load_checkpoint(path)))
+            except DamagedCheckpoint as e:
+                damaged.append((path, e))
+    if not found:
+        if damaged:
+            raise damaged[0][1]
+        raise no_checkpoint_error(os.path.join(out_dir, BEST))
+    for path, checkpoint in found:
+        if type(checkpoint.get('iter_num', 0)) is not int:
+            raise UserError(f"checkpoint '{path}' has iter_num={checkpoint['iter_num']!r}, not a whole number; it "
+                            f"was not written by train.py: move it aside")
+    path, checkpoint = max(found, key=lambda item: item[1].get('iter_num', -1))
+    for bad, e in damaged:
+        aside = ''
+        if owner:
+            os.replace(bad, bad + DAMAGED)
+            aside = f", and kept the damaged file as '{bad + DAMAGED}'"
+        print0(f"notice: {e.reason}; resuming from '{path}' (iteration {checkpoint.get('iter_num')}) "
+               f"instead{aside}")
+    return path, checkpoint
 
 
-def _iter_num(path, other):
-    """A checkpoint's iter_num, read without loading its tensors; a file that cannot tell is a UserError."""
-    try:
-        return int(torch.load(path, map_location='cpu', weights_only=True, mmap=_can_map(path))['iter_num'])
-    except Exception as e:
-        raise UserError(f"checkpoint '{path}' is damaged or has no iter_num ({first_line(e)}); move it aside "
-                        f"to resume from '{other}' instead") from None
+def checkpoint_note(path, checkpoint):
+    """One line saying what a script read: the checkpoint, its iteration and its val loss, or that it has none."""
+    iter_num, best, best_iter = (checkpoint.get(k) for k in ('iter_num', 'best_val_loss', 'best_iter'))
+    if type(iter_num) is not int:
+        return f"read {path}: weights without an iteration or val loss"
+    measured = isinstance(best, (int, float)) and best < 1e9  # nanoGPT starts best_val_loss at 1e9
+    if 'val_loss' in checkpoint:
+        val = checkpoint['val_loss']
+    else:  # older checkpoints: their own val loss is known where it was the best
+        val = best if measured and best_iter in (iter_num, None) else None
+    if isinstance(val, (int, float)):
+        return f"read {path}: iteration {iter_num}, val loss {val:.4f}"
+    run_best = f"; the run's best was {best:.4f}" + (f" at iteration {best_iter}" if best_iter is not None else '')
+    return (f"read {path}: iteration {iter_num}, its val loss never measured (saved without an eval)"
+            f"{run_best if measured else ''}")
 
 
 def checkpoint_name(improved, always_save):
@@ -170,10 +214,12 @@ def own_out_dir(out_dir, resume, overwrite):
     """
     Make out_dir this process's to write, for the with block: it takes the folder's lock (a second run is
     refused, a crashed one leaves nothing stuck), refuses a new run where one is already (unless overwrite,
-    which deletes the old run's files), and deletes the temporary files of saves that were killed.
+    which deletes the old run's files), and deletes the temporary files of saves that were killed. A folder it
+    makes is removed again when the run leaves nothing in it (it failed or stopped before its first eval).
     """
     if resume and not os.path.isdir(out_dir):  # a mistyped --out_dir: refused before it leaves a folder behind
         raise no_checkpoint_error(os.path.join(out_dir, BEST))
+    made = not os.path.isdir(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
         lock = open(os.path.join(out_dir, LOCK), 'a+')
@@ -191,9 +237,39 @@ def own_out_dir(out_dir, resume, overwrite):
                 os.remove(os.path.join(out_dir, name))
         for path in _temporary_files(out_dir):  # the lock is ours: no other process is writing these
             os.remove(path)
+        _check_writable(out_dir)
         yield
     finally:
         lock.close()  # and with it the lock
+        if made:
+            _remove_if_unused(out_dir)
+
+
+def _check_writable(out_dir):
+    """
+    That a run can write its checkpoints (a new file, renamed into place) and its log in out_dir, found now rather
+    than at its first save: a folder made read-only since, a log.jsonl that cannot be appended to.
+    """
+    probe = os.path.join(out_dir, f'{BEST}.{os.getpid()}.probe.tmp')  # a kill leaves one _temporary_files finds
+    try:
+        open(probe, 'x').close()
+        os.remove(probe)
+        if os.path.exists(os.path.join(out_dir, LOG)):
+            open(os.path.join(out_dir, LOG), 'a').close()
+    except OSError as e:
+        name = f"'{e.filename}'" if e.filename else f"out_dir '{out_dir}'"
+        raise UserError(f"cannot write {name} ({os_reason(e)}); fix the permissions of out_dir '{out_dir}', or "
+                        f"choose another --out_dir") from None
+
+
+def _remove_if_unused(out_dir):
+    """Remove a run's new folder if the run left nothing in it (it stopped before its first eval): no litter."""
+    names = set(os.listdir(out_dir))
+    log = os.path.join(out_dir, LOG)
+    if names <= {LOCK, LOG} and (LOG not in names or os.path.getsize(log) == 0):
+        for name in names:
+            os.remove(os.path.join(out_dir, name))
+        os.rmdir(out_dir)
 
 
 def _lock(lock, out_dir):
@@ -222,15 +298,73 @@ def _can_map(path):
     return os.name != 'nt' and zipfile.is_zipfile(path)
 
 
+class DamagedCheckpoint(UserError):
+    """A checkpoint whose bytes are not those its writer wrote (or never a checkpoint): reason says which."""
+
+    def __init__(self, reason, fix='use another checkpoint, or train again'):
+        super().__init__(f"{reason}; {fix}")
+        self.reason = reason
+
+
+def verify_checkpoint(path):
+    """
+    Check a checkpoint's bytes against the CRC-32 that torch.save's zip holds for each record (its tensors' bytes,
+    the pickle of everything else), which torch.load does not check: a flipped bit in a weight would load as a
+    wrong weight. stream_checkpoint writes the same CRCs. A mismatch is a DamagedCheckpoint naming the record.
+    Files in the pre-1.6 format hold no CRCs and pass. The records are read memory-mapped, in a few threads
+    (zlib releases the GIL), so the cost is reading the file once, which the load then finds in the page cache.
+    """
+    with open(path, 'rb') as f:
+        if not zipfile.is_zipfile(f):
+            return
+        try:
+            with zipfile.ZipFile(f) as z:
+                records = [r for r in z.infolist() if r.file_size]
+                for r in records:
+                    if r.compress_type != zipfile.ZIP_STORED:  # never written by torch.save: zipfile checks it
+                        z.read(r)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+            raise DamagedCheckpoint(f"checkpoint '{path}' is damaged ({first_line(e)})") from None
+        records = [r for r in records if r.compress_type == zipfile.ZIP_STORED]
+        if not records:
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m, memoryview(m) as view:
+            def mismatch(r):
+                header = view[r.header_offset + 26:r.header_offset + 30]
+                if len(header) < 4:
+                    return True
+                name_length, extra_length = struct.unpack('<HH', header)
+                start = r.header_offset + 30 + name_length + extra_length
+                data = view[start:start + r.file_size]
+                try:  # a record cut short by a truncated file is damaged too
+                    return len(data) != r.file_size or zlib.crc32(data) != r.CRC
+                finally:
+                    data.release()
+            records.sort(key=lambda r: -r.file_size)  # the largest first: the threads end together
+            with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+                bad = [r.filename for r, wrong in zip(records, pool.map(mismatch, records)) if wrong]
+    if bad:
+        what = 'its pickled structure' if bad[0].endswith('.pkl') else f"its tensor bytes '{bad[0]}'"
+        more = f" and {len(bad) - 1} other record{'s' if len(bad) > 2 else ''}" if len(bad) > 1 else ''
+        raise DamagedCheckpoint(f"checkpoint '{path}' is damaged: {what}{more} no longer match the CRC-32 written "
+                                f"with them (a disk, copy or transfer error changed the file)")
+
+
 def load_checkpoint(path, map_location='cpu'):
     """
-    Read a checkpoint with weights_only=True, so that a file from elsewhere cannot run code.
-    A missing or damaged file is a UserError.
+    Read a checkpoint with weights_only=True, so that a file from elsewhere cannot run code, after checking its
+    bytes (verify_checkpoint). A missing, unreadable or damaged file is a UserError (DamagedCheckpoint for damage).
     """
     if not os.path.isfile(path):
         raise no_checkpoint_error(path)
     try:
+        verify_checkpoint(path)
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=_can_map(path))
+    except UserError:
+        raise
+    except OSError as e:
+        raise UserError(f"cannot read checkpoint '{path}' ({os_reason(e)}); fix its permissions, or use "
+                        f"another checkpoint") from None
     except Exception as e:
         if isinstance(e, pickle.UnpicklingError) and 'GLOBAL' in str(e):  # weights_only names what it refuses
             raise UserError(f"checkpoint '{path}' holds objects other than tensors and plain data, which could "
@@ -239,8 +373,7 @@ def load_checkpoint(path, map_location='cpu'):
         # a zip archive torch cannot read says why in its first sentence (the rest is advice to PyTorch's users);
         # anything else (a text file, an empty one) was never written by torch.save
         reason = first_line(e).split('. ')[0] if isinstance(e, RuntimeError) else 'not a file torch.save wrote'
-        raise UserError(f"checkpoint '{path}' is damaged or not a checkpoint ({reason}); "
-                        f"use another checkpoint or train again") from None
+        raise DamagedCheckpoint(f"checkpoint '{path}' is damaged or not a checkpoint ({reason})") from None
     missing = [k for k in ('model', 'model_args') if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:
         raise UserError(f"checkpoint '{path}' lacks {', '.join(missing)}; it was not written by train.py")
@@ -321,6 +454,11 @@ def model_from_checkpoint(checkpoint, path, dropout=0.0):
     model = GPT(GPTConfig(**model_args, dropout=dropout))
     # old nanoGPT checkpoints carry the fallback attention's causal mask as 'attn.bias'; it is not a weight
     state_dict = {k: v for k, v in checkpoint['model'].items() if not k.endswith('.attn.bias')}
+    nonfinite = next((k for k, v in state_dict.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                      and not torch.isfinite(v).all()), None)
+    if nonfinite:
+        raise UserError(f"checkpoint '{path}' holds non-finite weights (nan or inf, in {nonfinite}): the run "
+                        f"diverged before it was saved; use an earlier checkpoint")
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
@@ -357,15 +495,18 @@ def load_pretrained(model_type, dropout=0.0):
         raise UserError(f"'{model_type}' {e}") from None
 
 
-def load_model(init_from, out_dir, purpose='use', dropout=0.0):
+def load_model(init_from, out_dir, purpose='use', dropout=0.0, owner=False):
     """
     A trained or pretrained GPT: the run in out_dir ('resume'; its checkpoint for purpose, see
-    checkpoint_path), OpenAI's GPT-2 by name, or a Hugging Face GPT-2 folder.
+    checkpoint_path; owner: see resume_checkpoint), OpenAI's GPT-2 by name, or a Hugging Face GPT-2 folder.
     Returns (model, checkpoint), the checkpoint None for a pretrained model.
     """
     if init_from == 'resume':
-        path = checkpoint_path(out_dir, purpose)
-        checkpoint = load_checkpoint(path)
+        if purpose == 'resume':
+            path, checkpoint = resume_checkpoint(out_dir, owner)
+        else:
+            path = checkpoint_path(out_dir, purpose)
+            checkpoint = load_checkpoint(path)
         missing = [k for k in ('optimizer', 'iter_num') if k not in checkpoint]
         if purpose == 'resume' and missing:
             raise UserError(f"checkpoint '{path}' has no {' or '.join(missing)}: it holds weights to use, not a run "

@@ -2,6 +2,9 @@
 What every script shares: user-facing errors, device, dtype and DDP setup, peak FLOPS, downloads and files.
 The base of the project: it imports no module of it but configurator. torch is imported only by the functions
 that use it, so that the data preparation scripts, which need none of it, start in a second and stay small.
+
+Importing it makes a Ctrl-C that no code catches end as run_main ends one: 'interrupted', exit status 130. The
+scripts import it before torch, whose import takes seconds, so that a Ctrl-C then prints no traceback either.
 """
 
 import datetime
@@ -10,6 +13,7 @@ import hashlib
 import importlib.util
 import os
 import secrets
+import shutil
 import sys
 import time
 from contextlib import nullcontext, suppress
@@ -20,24 +24,63 @@ from configurator import ConfigError
 
 class UserError(Exception):
     """A mistake the user can fix (missing data, a bad checkpoint, ...): one line, no traceback."""
+    quiet = False  # under torchrun: another process says it (all_or_none), so this one exits without a word
 
 
 def run_main(main):
-    """Run a script's main; a user's mistake ends with one line on stderr and a non-zero exit status."""
+    """
+    Run a script's main; a user's mistake ends with one line on stderr and a non-zero exit status. Under torchrun
+    that line comes from one process, not from each (see say_once).
+    """
     try:
         main()
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say_once(f"error: {e}", e)
         sys.exit(2)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say_once(f"error: {e}", e)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a Ctrl-C reaches every process torchrun started
+        say_once("interrupted", e)
         sys.exit(130)
     except BrokenPipeError:  # the reader of stdout went away (`--help | head`): stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or Python fails again flushing at exit
         sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a program the closed pipe ended
+
+
+_joined = False  # whether this process has joined a process group (setup): its errors may be its own from then on
+
+
+def say_once(line, error):
+    """
+    Print an error's line on stderr, under torchrun once for all processes: by rank 0 for what every process
+    meets alike (settings, and whatever comes before the process group is joined), by the process all_or_none
+    chose for an error it shared out; any other error after joining is a process's own, said with its rank.
+    """
+    try:
+        rank = dist_env()[1]
+    except UserError:  # torchrun's variables are wrong (that may be the error): every process says so
+        rank = 0
+    if rank and (not _joined or isinstance(error, (ConfigError, KeyboardInterrupt)) or error.quiet):
+        return
+    if rank and line.startswith('error: '):
+        line = f"error: (process {rank}) {line[len('error: '):]}"
+    print(line, file=sys.stderr)
+
+
+def _interrupted_quietly(kind, value, traceback):
+    """sys.excepthook: a KeyboardInterrupt outside run_main (while the script imports torch) as run_main says it."""
+    if not issubclass(kind, KeyboardInterrupt):
+        return sys.__excepthook__(kind, value, traceback)
+    say_once("interrupted", value)
+    with suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(130)
+
+
+if sys.excepthook is sys.__excepthook__:  # not where another tool (IPython, say) has put its own
+    sys.excepthook = _interrupted_quietly
 
 
 def print0(*args, **kwargs):
@@ -96,6 +139,18 @@ def pick_device(device='auto'):
     if device_type not in ('cuda', 'mps', 'cpu'):
         raise UserError(f"device '{device}' is not supported; use auto, cpu, cuda, cuda:N or mps")
     return device
+
+
+def check_backend(backend, ddp):
+    """A DDP backend torch.distributed knows ('auto' picks one), and under torchrun one this PyTorch has."""
+    import torch.distributed as dist
+    names = [b for b in dist.Backend.backend_list if b not in ('undefined', 'fake')]
+    if backend != 'auto' and backend.lower() not in names and ':' not in backend:  # or 'cpu:gloo,cuda:nccl'
+        raise UserError(f"unknown backend '{backend}'; use auto (nccl on CUDA GPUs, gloo on CPU) or one of "
+                        f"{', '.join(names)}")
+    available = getattr(dist, f'is_{backend.lower()}_available', None)
+    if ddp and available is not None and not available():
+        raise UserError(f"backend '{backend}' is not available in this PyTorch; use --backend=auto")
 
 
 def pick_dtype(dtype, device):
@@ -219,8 +274,10 @@ def setup(device='auto', dtype='auto', backend='auto'):
     Returns a Runtime; call teardown() at the end.
     """
     import torch
+    global _joined
     ddp, rank, local_rank, world_size = dist_env()
     device = pick_device(device)
+    check_backend(backend, ddp)
     device_type = torch.device(device).type
     if ddp and device_type == 'cuda':
         device = f'cuda:{local_rank}'  # one GPU per process
@@ -235,6 +292,7 @@ def setup(device='auto', dtype='auto', backend='auto'):
         if backend == 'auto':
             backend = 'nccl' if device_type == 'cuda' else 'gloo'
         torch.distributed.init_process_group(backend=backend, timeout=DDP_TIMEOUT)
+        _joined = True
     dtype = pick_dtype(dtype, device)
     if dtype == 'float32':
         ctx = nullcontext()
@@ -246,14 +304,20 @@ def setup(device='auto', dtype='auto', backend='auto'):
 def all_or_none(rt, error):
     """
     Raise on every process when any process had a UserError (error here, or None), so that none is left
-    waiting in a collective for one that has gone. Under DDP a collective: every process must call it.
+    waiting in a collective for one that has gone. Under DDP a collective: every process must call it. Only the
+    first process that failed says why (run_main): the others' errors are quiet.
     """
     import torch
     if rt.ddp:
-        failed = torch.tensor(float(error is not None), device=rt.device)
-        torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)
-        if failed.item() and error is None:
-            error = UserError("another process failed (its error is above); stopping this one too")
+        failed = torch.zeros(rt.world_size, device=rt.device)
+        failed[rt.rank] = float(error is not None)
+        torch.distributed.all_reduce(failed)  # which processes failed, known to all
+        if failed.any():
+            first = int(failed.nonzero()[0])
+            if error is None:
+                error = UserError(f"another process failed (process {first}, its error is above); stopping this "
+                                  f"one too")
+            error.quiet = first != rt.rank
     if error is not None:
         raise error
 
@@ -485,8 +549,13 @@ def write_atomically(path, write):
     except BaseException as e:
         with suppress(FileNotFoundError):
             os.remove(tmp)
-        if isinstance(e, (OSError, RuntimeError)):  # torch's zip writer reports a failed write as RuntimeError
-            raise UserError(f"could not write '{path}' ({os_reason(e)}); the file there before, if any, is "
+        if isinstance(e, (OSError, RuntimeError)):
+            if isinstance(e, OSError):
+                reason = os_reason(e)
+            else:  # torch's zip writer reports a failed write (a full disk, mostly) as '[enforce fail at ...]'
+                free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+                reason = f"the write failed with {free / 1e6:,.0f} MB free on its disk"
+            raise UserError(f"could not write '{path}' ({reason}); the file there before, if any, is "
                             f"intact: free disk space or fix the folder's permissions, then try again") from None
         raise
 

@@ -11,18 +11,29 @@ import glob
 import importlib.util
 import os
 import pickle
+import signal
 import sys
 import time
 from multiprocessing import Pool
 
 import numpy as np
 
-from common import UserError
+from common import UserError, first_line
 
 PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
+# A new model whose blocks hold this many times more parameters than its data has train tokens learns the text by
+# heart (nanoGPT's baby Shakespeare model, at about 10x, overfits already without its dropout of 0.2)
+MAX_PARAMS_PER_TOKEN = 20
 SPLITS = {'train': 0, 'val': 1}
 # the uses of the seed, so that each draws from its own stream: a batch is a function of (seed, use, ...)
 TRAIN_BATCH, EVAL_BATCH, DROPOUT = 0, 1, 2
+
+
+def project_path(name):
+    """A file of the project (a script, a config) as the commands a script suggests name it: as it is from the
+    project's folder (as the README runs them), else its full path."""
+    import shlex
+    return name if os.getcwd() == PROJECT_DIR else shlex.quote(os.path.join(PROJECT_DIR, name))
 
 
 # -----------------------------------------------------------------------------
@@ -87,8 +98,16 @@ def dataset_tokenizer(data_dir):
         tokenizer_path = os.path.join(data_dir, os.path.basename(meta['tokenizer']))
         if not os.path.isfile(tokenizer_path):
             raise UserError(f"the dataset's tokenizer file '{tokenizer_path}' is missing; prepare the dataset again")
-        with open(tokenizer_path, encoding='utf-8') as f:
-            return {'kind': 'bpe', 'json': f.read(), **chat}
+        try:
+            with open(tokenizer_path, encoding='utf-8') as f:
+                text = f.read()
+            import_tokenizers().Tokenizer.from_str(text)  # stored in every checkpoint: it must be one
+        except UserError:
+            raise
+        except Exception as e:  # not UTF-8, not JSON, not a tokenizer: the library's reasons vary
+            raise UserError(f"the dataset's tokenizer file '{tokenizer_path}' cannot be read as a tokenizer "
+                            f"({first_line(e)}); prepare the dataset again") from None
+        return {'kind': 'bpe', 'json': text, **chat}
     if 'itos' not in meta:
         return {'kind': 'gpt2', **chat}
     return {'kind': 'char', 'chars': [meta['itos'][i] for i in range(len(meta['itos']))], **chat}
@@ -306,7 +325,7 @@ def ordered_map(fn, tasks, num_proc=1, initializer=None, initargs=()):
             initializer(*initargs)
         yield from map(fn, tasks)
         return
-    with Pool(num_proc, initializer, initargs) as pool:  # leaving the block terminates the workers
+    with Pool(num_proc, _start_worker, (initializer, initargs)) as pool:  # leaving the block terminates the workers
         pending = collections.deque()
         for task in tasks:
             pending.append(pool.apply_async(fn, (task,)))
@@ -314,6 +333,14 @@ def ordered_map(fn, tasks, num_proc=1, initializer=None, initargs=()):
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+
+def _start_worker(initializer, initargs):
+    # a Ctrl-C reaches every process of the terminal's group: the main process alone answers it, and ends the
+    # workers (no traceback from each)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 class Progress:
@@ -439,15 +466,43 @@ def data_files(data_dir, split):
     """
     path = os.path.join(data_dir, f'{split}.bin')
     if os.path.isfile(path):
+        check_readable(path)
         if os.path.getsize(path) % 2:
             raise UserError(f"'{path}' has an odd number of bytes, so it is not whole uint16 tokens (cut short, or "
                             f"not a token file); run `{prepare_command(data_dir, again=True)}` again")
         return [(path, 0, os.path.getsize(path) // 2)]
     shards = sorted(glob.glob(os.path.join(data_dir, f'*{split}*.bin')))
     if not shards:
-        raise UserError(f"no {split} data in '{data_dir}' ({split}.bin or *{split}*.bin shards); run "
+        # run from another folder, data/ is that folder's: say so where the project's own data/ has the dataset
+        elsewhere = os.path.join(PROJECT_DIR, data_dir)
+        hint = (f" (data/ is read from the current folder, {os.getcwd()}; the dataset is in {elsewhere}: run from "
+                f"{PROJECT_DIR})" if not os.path.isabs(data_dir) and os.getcwd() != PROJECT_DIR
+                and glob.glob(os.path.join(glob.escape(elsewhere), '*.bin')) else '')
+        raise UserError(f"no {split} data in '{data_dir}' ({split}.bin or *{split}*.bin shards){hint}; run "
                         f"`{prepare_command(data_dir)}` first")
+    for shard in shards:
+        check_readable(shard)
     return [(shard, SHARD_HEADER_BYTES, read_shard_header(shard)) for shard in shards]
+
+
+def check_readable(path):
+    try:
+        open(path, 'rb').close()
+    except OSError as e:
+        raise UserError(f"cannot read '{path}' ({e.strerror}); fix its permissions") from None
+
+
+def check_split_length(files, split, block_size, data_dir):
+    """
+    A split (data_files) too short for one window of block_size + 1 tokens (get_batch's inputs and their next
+    tokens) is a UserError, said before the run starts rather than at its first batch.
+    """
+    longest = max(n for _, _, n in files)
+    if longest <= block_size:
+        what = 'has' if len(files) == 1 else 'has no file of more than'
+        raise UserError(f"the {split} split of '{data_dir}' {what} {longest:,} tokens, fewer than block_size + 1 = "
+                        f"{block_size + 1:,}, what one example needs; start a run with a smaller --block_size (at "
+                        f"most {max(longest - 1, 1):,}), or give the dataset more text")
 
 
 def get_batch(files, batch_size, block_size, *key, device='cpu', vocab_size=None):
@@ -470,8 +525,13 @@ def get_batch(files, batch_size, block_size, *key, device='cpu', vocab_size=None
     which = np.searchsorted(ends, ix, side='right')
     ix = ix - (ends - starts)[which]
     # fresh memmaps per batch keep resident memory flat over long runs
-    data = {f: np.memmap(files[f][0], dtype=np.uint16, mode='r', offset=files[f][1], shape=(files[f][2],))
-            for f in set(which.tolist())}
+    try:
+        data = {f: np.memmap(files[f][0], dtype=np.uint16, mode='r', offset=files[f][1], shape=(files[f][2],))
+                for f in set(which.tolist())}
+    except (ValueError, OSError) as e:  # the file is gone, or shorter than it was
+        path = files[int(which[0])][0]
+        raise UserError(f"cannot read the tokens of '{path}' ({first_line(e)}): its dataset was changed or "
+                        f"deleted while this run used it; restore it, then resume") from None
     windows = np.stack([data[f][i:i + block_size + 1] for f, i in zip(which, ix)])
     if vocab_size is not None and windows.max() >= vocab_size:
         bad = int(np.argmax(windows.max(axis=1) >= vocab_size))

@@ -13,17 +13,19 @@ Counting needs no weights (a GPT-2 name is not downloaded for it); the other mod
 Only --png needs matplotlib.
 """
 
+import math
 import os
 from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
 
+# common first: it makes a Ctrl-C while torch loads end in one line, not a traceback
+from common import UserError, run_main, setup
 import torch
 from torch.nn import functional as F
 
 import sample
-from common import UserError, run_main, setup
 from configurator import ConfigError, as_namespace, config_from_globals, load_config
-from checkpoint import load_model
+from checkpoint import checkpoint_note, checkpoint_path, load_model
 from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, GPTConfig, filter_logits
 
 # -----------------------------------------------------------------------------
@@ -43,7 +45,7 @@ bias = None
 # attention
 layer = None  # only this layer (from 0); None: all. With head too, the whole matrix is printed
 head = None  # only this head (from 0); None: all
-png = None  # also draw the weights, a heatmap per layer and head, into this PNG (needs matplotlib)
+png = None  # also draw the weights into this .png, a heatmap per head (a bare name goes into out_dir; needs matplotlib)
 # next
 temperatures = '0.5,1.0,2.0'  # the temperatures to compare, comma-separated
 num_tokens = 10  # how many of the most likely tokens to list
@@ -77,7 +79,10 @@ def model_config(cfg):
         return config
     if cfg.init_from in GPT2_SIZES:
         return gpt2_config(cfg.init_from)
-    return load_model(cfg.init_from, cfg.out_dir)[0].config
+    model, checkpoint = load_model(cfg.init_from, cfg.out_dir)
+    if checkpoint is not None:
+        print(checkpoint_note(checkpoint_path(cfg.out_dir, 'use'), checkpoint))
+    return model.config
 
 
 def compared_config(name):
@@ -167,12 +172,15 @@ def compare_text(names, configs):
     counts = [param_counts(c) for c in configs]
     columns = [[str(getattr(c, key)) for key in SHAPE] for c in configs]
     for column, rows in zip(columns, counts):
-        column += [f'{rows[key][1]:,}' for key in COMPARED] + list(memory_rows(rows['total'][1]).values())
-    keys = [*SHAPE, *COMPARED, *memory_rows(0)]
+        column += [f'{rows[key][1]:,}' for key in COMPARED] + [f"{rows['total'][1] - rows['wpe'][1]:,}"]
+        column += list(memory_rows(rows['total'][1]).values())
+    keys = [*SHAPE, *COMPARED, 'without wpe', *memory_rows(0)]
     widths = [max(14, len(name) + 2) for name in names]
     lines = [' ' * 22 + ''.join(f'{n:>{w}}' for n, w in zip(names, widths))]
     lines += [f'{key:<22}' + ''.join(f'{column[i]:>{w}}' for column, w in zip(columns, widths))
               for i, key in enumerate(keys)]
+    lines.append("total counts every parameter, wpe included (as Hugging Face does); train.py's 'model: N parameters' "
+                 "leaves wpe out, as nanoGPT's get_num_params does: the 'without wpe' row")
     return '\n'.join(lines)
 
 
@@ -181,8 +189,13 @@ def compare_text(names, configs):
 
 def load(cfg):
     """The model (in eval mode, on the device), the prompt as a (1, t) tensor, the decode function, the Runtime."""
+    return load_and_note(cfg)[:4]
+
+
+def load_and_note(cfg):
+    """load, and the line that says which checkpoint was read (None for a pretrained model)."""
     rt = setup(cfg.device, cfg.dtype)
-    model, tokenizer = sample.load_sampled_model(cfg)
+    model, tokenizer, note = sample.load_sampled_model_and_note(cfg)
     model.eval()
     model.to(rt.device)
     encode, decode = sample.get_codec(tokenizer)
@@ -196,7 +209,7 @@ def load(cfg):
     if len(ids) > model.config.block_size:
         print(f"the prompt's {len(ids)} tokens are cropped to the last {model.config.block_size} (block_size)")
         ids = ids[-model.config.block_size:]
-    return model, torch.tensor([ids], device=rt.device), decode, rt
+    return model, torch.tensor([ids], device=rt.device), decode, rt, note
 
 
 @contextmanager
@@ -397,13 +410,23 @@ def check(cfg):
             raise ConfigError(f"{key}={getattr(cfg, key)} must be at least 1")
     if cfg.top_p is not None and not 0.0 < cfg.top_p <= 1.0:
         raise ConfigError(f"top_p={cfg.top_p} must be in (0, 1], or None")
+    for key in SHAPE[:-1]:  # bias is a bool
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}={getattr(cfg, key)} must be at least 1")
+    if cfg.compare is not None and not compared_names(cfg.compare):
+        raise ConfigError(f"compare={cfg.compare!r} names no model; give models to compare, comma-separated, e.g. "
+                          f"--compare=gpt2,gpt2-medium")
     try:
         temperatures = [float(t) for t in str(cfg.temperatures).split(',')]
     except ValueError:
         temperatures = []
-    if not temperatures or min(temperatures) <= 0:
-        raise ConfigError(f"temperatures={cfg.temperatures!r} must be numbers above 0, comma-separated")
+    if not temperatures or not all(0 < t < math.inf for t in temperatures):
+        raise ConfigError(f"temperatures={cfg.temperatures!r} must be numbers above 0 and finite, comma-separated")
     return temperatures
+
+
+def compared_names(compare):
+    return [n.strip() for n in compare.split(',') if n.strip()]
 
 
 def explain(cfg):
@@ -412,13 +435,17 @@ def explain(cfg):
     temperatures = check(cfg)
     if cfg.what == 'params':
         if cfg.compare:
-            names = [n.strip() for n in cfg.compare.split(',') if n.strip()]
+            names = compared_names(cfg.compare)
             text = compare_text(names, [compared_config(n) for n in names])
         else:
             text = params_text(model_config(cfg))
         print(text)
         return text
-    model, idx, decode, rt = load(cfg)
+    png = None
+    if cfg.png:  # before any work: a bare name goes into the run's folder, as plot.py's loss.png does
+        import plot
+        png = plot.png_path(cfg.png, cfg.out_dir if cfg.init_from == 'resume' else None)
+    model, idx, decode, rt, note = load_and_note(cfg)
     tokens = [decode([i]) for i in idx[0].tolist()]
     if cfg.what == 'shapes':
         text = shapes_text(model, idx, tokens, rt.autocast)
@@ -427,14 +454,14 @@ def explain(cfg):
         heads = selected(cfg.head, model.config.n_head, 'head')
         att = attention_weights(model, idx, rt.autocast)
         text = attention_text(att, tokens, layers, heads)
-        if cfg.png:
-            print(text)
-            draw_attention(att, tokens, layers, heads, cfg.png)
-            return text
     else:
         logits, probs = next_token_probs(model, idx, temperatures, rt.autocast)
         text = next_text(logits, probs, tokens, decode, cfg)
+    if note:
+        print(note)
     print(text)
+    if png:
+        draw_attention(att, tokens, layers, heads, png)
     return text
 
 

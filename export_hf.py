@@ -16,11 +16,12 @@ dataset's own tokenizer.json for a model of data/prepare_text.py's bpe.
 
 import os
 
+# common first: it makes a Ctrl-C while torch loads end in one line, not a traceback
+from common import DTYPES, UserError, run_main
 import torch
 
 import hf
-from checkpoint import BEST, checkpoint_path, load_checkpoint, model_from_checkpoint
-from common import DTYPES, UserError, run_main
+from checkpoint import BEST, checkpoint_note, checkpoint_path, load_checkpoint, model_from_checkpoint
 from configurator import as_namespace, config_from_globals, load_config
 from data import find_tokenizer
 
@@ -44,9 +45,16 @@ def export(cfg):
     path = (checkpoint_path(cfg.out_dir, 'use') if cfg.checkpoint == BEST
             else os.path.join(cfg.out_dir, cfg.checkpoint))
     ckpt = load_checkpoint(path)
+    lora = ckpt.get('lora')
+    if 'lora' in ckpt and not (isinstance(lora, dict) and isinstance(lora.get('weights'), dict)
+                               and {'rank', 'alpha', 'targets'} <= lora.keys()):
+        raise UserError(f"checkpoint '{path}' has a LoRA entry without its adapters' weights or settings: it is "
+                        f"damaged or was not written by train.py; export another checkpoint")
     # the training dropout goes into config.json, for finetuning with transformers
     model = model_from_checkpoint(ckpt, path, dropout=ckpt.get('config', {}).get('dropout', 0.0))
     hf_dir = cfg.hf_dir or cfg.out_dir.rstrip('/\\') + '-hf'
+    if os.path.exists(hf_dir) and not os.path.isdir(hf_dir):
+        raise UserError(f"hf_dir '{hf_dir}' is a file, not a folder; choose another --hf_dir")
     try:
         tokenizer = find_tokenizer('resume', ckpt, model.config.vocab_size)
     except UserError as e:  # the weights are still worth exporting
@@ -56,11 +64,16 @@ def export(cfg):
     if old and not cfg.overwrite:
         raise UserError(f"'{hf_dir}' already holds a model ({', '.join(old)}); choose another --hf_dir, or replace "
                         f"it with --overwrite=True")
-    # the tokenizer first: it may need GPT-2's BPE files, and a failure then leaves no half-written folder
-    files = hf.save_tokenizer(tokenizer, hf_dir, model.config.block_size) if tokenizer else []
-    hf.save_pretrained(model, hf_dir, getattr(torch, cfg.dtype))
-    for name in set(old) - {'config.json', 'model.safetensors', *files}:
-        os.remove(os.path.join(hf_dir, name))
+    print(checkpoint_note(path, ckpt))
+    try:
+        # the tokenizer first: it may need GPT-2's BPE files, and a failure then leaves no half-written folder
+        files = hf.save_tokenizer(tokenizer, hf_dir, model.config.block_size) if tokenizer else []
+        hf.save_pretrained(model, hf_dir, getattr(torch, cfg.dtype))
+        for name in set(old) - {'config.json', 'model.safetensors', *files}:
+            os.remove(os.path.join(hf_dir, name))
+    except OSError as e:
+        raise UserError(f"cannot write to '{hf_dir}' ({e.strerror or e}); fix its permissions or free disk space, "
+                        f"or choose another --hf_dir") from None
     n_params = model.get_num_params(non_embedding=False)
     print(f"wrote {hf_dir}: {', '.join(['config.json', 'model.safetensors'] + files)} ({n_params / 1e6:.2f}M "
           f"parameters, vocab_size {model.config.vocab_size}, block_size {model.config.block_size})")

@@ -73,15 +73,24 @@ def init_lora(model, checkpoint, cfg):
     settings = dict(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=list(lora_target_names(cfg)))
     saved = (checkpoint or {}).get('lora')
     if checkpoint is not None:
-        was = {k: saved[k] for k in settings} if saved else dict(rank=0)
+        was = {k: saved.get(k) for k in settings} if isinstance(saved, dict) else dict(rank=0)
         if was != (settings if cfg.lora_rank else dict(rank=0)):
             text = ' '.join(f"lora_{k}={','.join(v) if k == 'targets' else v}" for k, v in was.items())
             raise UserError(f"the run in '{cfg.out_dir}' was trained with {text}; resume it with the same settings")
     if not cfg.lora_rank:
         return
+    if cfg.lora_rank > model.config.n_embd:  # an adapter's rank is at most its layer's smaller side, n_embd
+        raise UserError(f"lora_rank={cfg.lora_rank} is larger than the model's n_embd={model.config.n_embd}, the most "
+                        f"an adapter's rank can use; choose a lora_rank of {model.config.n_embd} or less (4 to 64 "
+                        f"is usual)")
     add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, settings['targets'])
     if saved:
-        model.load_state_dict({**checkpoint['model'], **saved['weights']})
+        weights = saved.get('weights')
+        expected = {k for k in model.state_dict() if k.endswith(('.lora_A', '.lora_B'))}
+        if not isinstance(weights, dict) or not expected <= weights.keys():
+            raise UserError(f"the run in '{cfg.out_dir}' has a LoRA entry without its adapters' weights: its "
+                            f"checkpoint is damaged or was not written by train.py; resume from another one")
+        model.load_state_dict({**checkpoint['model'], **weights})
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print0(f"LoRA: training {trainable:,} of {model.get_num_params(False):,} parameters (the adapters)")
 

@@ -45,13 +45,39 @@ def png_size(path):
     return struct.unpack('>II', head[16:24])
 
 
+def png_path(png, folder=None):
+    """
+    Where a figure asked for with --png=png goes: a bare file name into folder (a run's out_dir) when one is
+    given, any other path as it is. It must be a .png file that can be written; a file there that is not a PNG (a
+    checkpoint, say) is refused, never replaced. Checked before any work, so that a mistake costs nothing.
+    """
+    if not png.lower().endswith('.png'):
+        raise UserError(f"--png={png!r} must name a .png file: the figure is written as a PNG")
+    path = os.path.join(folder, png) if folder and not os.path.dirname(png) else png
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UserError(f"cannot write '{path}': it is a folder; give --png a file name ending in .png")
+    if not os.path.isdir(parent):
+        raise UserError(f"cannot write '{path}': no folder '{parent}'; create it or give another --png")
+    if os.path.exists(path):
+        try:
+            png_size(path)
+        except (ValueError, OSError):
+            raise UserError(f"'{path}' exists and is not a PNG; refusing to replace it: give another --png") from None
+    if not os.access(path if os.path.exists(path) else parent, os.W_OK):
+        raise UserError(f"cannot write '{path}' (permission denied); give another --png")
+    return path
+
+
 def save_png(fig, path):
     """Write fig to path as a PNG, close it, and say where and how large; returns (width, height) in pixels."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UserError(f"cannot write '{path}': no folder '{folder}'; create it or give another --png")
-    fig.savefig(path, dpi=DPI, format='png')
-    pyplot().close(fig)
+    path = png_path(path)
+    try:
+        fig.savefig(path, dpi=DPI, format='png')
+    except OSError as e:
+        raise UserError(f"cannot write '{path}' ({e.strerror or e}); give another --png") from None
+    finally:
+        pyplot().close(fig)
     width, height = png_size(path)
     print(f"wrote {path} ({width}x{height} pixels)")
     return width, height
@@ -70,8 +96,14 @@ def read_log(out_dir):
         raise UserError(f"no run folder '{out_dir}'; give the out_dir of a train.py run")
     if not os.path.isfile(path):
         raise UserError(f"'{out_dir}' has no log.jsonl; give the out_dir of a train.py run")
-    with open(path, encoding='utf-8') as f:
-        lines = f.read().split('\n')
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = f.read().split('\n')
+    except UnicodeDecodeError as e:
+        raise UserError(f"'{path}' is not UTF-8 text (byte {e.start:,}: {e.reason}), so not a log train.py "
+                        f"wrote; give the out_dir of a train.py run") from None
+    except OSError as e:
+        raise UserError(f"cannot read '{path}' ({e.strerror}); fix its permissions") from None
     steps, evals = {}, {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -84,10 +116,16 @@ def read_log(out_dir):
             if number == len(lines) or record is None and line.startswith('{'):
                 continue  # the last line, still being written, or a record cut off when a run was killed
             raise UserError(f"'{path}' line {number} is not a JSON object; fix or delete that line")
-        if 'val_loss' in record:
-            evals[record['iter']] = record
-        elif 'loss' in record:
-            steps[record['iter']] = record
+        kind = evals if 'val_loss' in record else steps if 'loss' in record else None
+        if kind is None:
+            continue  # a record of another kind (a later version's, say): nothing to draw
+        need = ('iter', 'train_loss', 'val_loss', 'lr') if kind is evals else ('iter', 'loss', 'lr')
+        bad = [k for k in need if type(record.get(k)) not in ((int,) if k == 'iter' else (int, float))]
+        if bad:
+            what = ', '.join(f"{k}={record[k]!r}" if k in record else f"no {k}" for k in bad)
+            raise UserError(f"'{path}' line {number} is not a record train.py writes ({what}); fix or delete "
+                            f"that line")
+        kind[record['iter']] = record
     if not evals:
         raise UserError(f"run '{out_dir}' has no evals yet: train.py logs the first one at iteration 0 when "
                         f"it finishes; plot again after that")
@@ -105,6 +143,7 @@ def plot_runs(runs, path):
     plt = pyplot()
     fig, (ax_loss, ax_lr) = plt.subplots(2, 1, sharex=True, figsize=(10, 7), dpi=DPI,
                                          gridspec_kw={'height_ratios': [3, 1]})
+    ax_muon = None
     for i, (out_dir, (steps, evals)) in enumerate(runs.items()):
         color = f'C{i}'
         if steps:
@@ -115,9 +154,15 @@ def plot_runs(runs, path):
                      label=f'{out_dir}: train loss (eval)')
         ax_loss.plot(it, [r['val_loss'] for r in evals], '-', marker='o', markersize=4, color=color,
                      label=f'{out_dir}: val loss (eval)')
-        # a step's record has the rate it ran with; an eval's, the rate of the step after it: one line of each
+        # a step's record has the rate it ran with; an eval's, the rate of the step after it: one line of each.
+        # A Muon run's matrices have a rate of their own (muon_lr, on its own scale: the right-hand axis)
         lrs = steps or evals
-        ax_lr.plot([r['iter'] for r in lrs], [r['lr'] for r in lrs], color=color)
+        ax_lr.plot([r['iter'] for r in lrs], [r['lr'] for r in lrs], color=color, label=f'{out_dir}: lr (AdamW)')
+        muon = [r for r in lrs if 'muon_lr' in r]
+        if muon:
+            ax_muon = ax_muon or ax_lr.twinx()
+            ax_muon.plot([r['iter'] for r in muon], [r['muon_lr'] for r in muon], '--', color=color,
+                         label=f'{out_dir}: Muon lr (right axis)')
     ax_loss.set_ylabel('loss (cross-entropy, nats)')
     ax_loss.set_title('loss curves')
     ax_loss.grid(alpha=0.3)
@@ -126,6 +171,11 @@ def plot_runs(runs, path):
     ax_lr.set_xlabel('iteration')
     ax_lr.grid(alpha=0.3)
     ax_lr.ticklabel_format(axis='y', style='sci', scilimits=(-3, 3))
+    if ax_muon:
+        ax_muon.set_ylabel('Muon learning rate')
+        ax_muon.ticklabel_format(axis='y', style='sci', scilimits=(-3, 3))
+        handles = [h for ax in (ax_lr, ax_muon) for h in ax.get_legend_handles_labels()[0]]
+        ax_lr.legend(handles=handles, fontsize=8)
     fig.tight_layout()
     return save_png(fig, path)
 
@@ -137,9 +187,10 @@ def main(argv=None):
     if not out_dirs:
         raise UserError("give one or more run folders: python plot.py OUT_DIR [OUT_DIR ...] [--png=path]")
     runs = {d: read_log(d) for d in out_dirs}
+    path = png_path(cfg.png) if cfg.png else png_path('loss.png', out_dirs[0])
     for out_dir, (steps, evals) in runs.items():
         print(summary(out_dir, steps, evals))
-    return plot_runs(runs, cfg.png or os.path.join(out_dirs[0], 'loss.png'))
+    return plot_runs(runs, path)
 
 
 if __name__ == '__main__':

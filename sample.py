@@ -10,12 +10,14 @@ The samples are generated as one batch; the first is printed as its tokens arriv
 """
 
 import re
+import sys
 
+# common first: it makes a Ctrl-C while torch loads end in one line, not a traceback
+from common import UserError, first_line, gpt2_encoding, read_text, run_main, setup
 import torch
 
-from common import UserError, gpt2_encoding, read_text, run_main, setup
 from configurator import SEED_RANGE, as_namespace, config_from_globals, load_config, require
-from checkpoint import load_model
+from checkpoint import checkpoint_note, checkpoint_path, load_model
 from data import find_tokenizer, import_tokenizers
 from quantize import check_quantize, quantize_model
 
@@ -51,13 +53,22 @@ def check_settings(cfg):
 
 def load_sampled_model(cfg):
     """The model to sample from, and its tokenizer (see find_tokenizer)."""
+    return load_sampled_model_and_note(cfg)[:2]
+
+
+def load_sampled_model_and_note(cfg):
+    """
+    load_sampled_model, and the line that says which checkpoint was read (checkpoint_note; None for a pretrained
+    model, whose loading says so), for the scripts to print once their settings have passed.
+    """
     model, checkpoint = load_model(cfg.init_from, cfg.out_dir)
+    note = checkpoint_note(checkpoint_path(cfg.out_dir, 'use'), checkpoint) if checkpoint is not None else None
     tokenizer = find_tokenizer(cfg.init_from, checkpoint, model.config.vocab_size)
     if tokenizer['kind'] == 'char' and len(tokenizer['chars']) != model.config.vocab_size:
         raise UserError(f"the model has {model.config.vocab_size} token ids but its character table "
                         f"{len(tokenizer['chars'])} characters: the table was made for another model; sample with "
                         f"the dataset the model was trained on")
-    return model, tokenizer
+    return model, tokenizer, note
 
 
 def prepare_model(model, rt, quantize_mode=None, compile=False):
@@ -117,7 +128,13 @@ def get_codec(tokenizer):
             return [stoi[c] for c in s]
         return encode, lambda ids: ''.join(chars[i] for i in ids)
     if tokenizer['kind'] == 'bpe':  # a dataset's own BPE (data/prepare_text.py), a Hugging Face tokenizers file
-        tok = import_tokenizers().Tokenizer.from_str(tokenizer['json'])
+        try:
+            tok = import_tokenizers().Tokenizer.from_str(tokenizer['json'])
+        except Exception as e:
+            if isinstance(e, UserError):
+                raise
+            raise UserError(f"this model's stored tokenizer cannot be read ({first_line(e)}); its checkpoint is "
+                            f"damaged or was not written by train.py") from None
         tok.encode_special_tokens = bool(chat)  # a chat model's special tokens in text are text
         return lambda s: tok.encode(s).ids, lambda ids: tok.decode(ids, skip_special_tokens=False)
     if tokenizer['kind'] == 'gpt2':
@@ -198,7 +215,7 @@ def sample(cfg):
     rt = setup(cfg.device, cfg.dtype)
     check_quantize(cfg.quantize, rt.device_type, rt.dtype, cfg.compile)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_sampled_model(cfg)
+    model, tokenizer, note = load_sampled_model_and_note(cfg)
     prepare_model(model, rt, cfg.quantize, cfg.compile)
 
     encode, decode = get_codec(tokenizer)
@@ -207,6 +224,8 @@ def sample(cfg):
         raise UserError("the prompt is empty; give one with --start=TEXT or --start=FILE:path")
     stop_id = stop_token_id(cfg.stop, encode, model.config.vocab_size)
     x = torch.tensor([start_ids] * cfg.num_samples, dtype=torch.long, device=rt.device)  # (num_samples, t)
+    if note:
+        print(note, file=sys.stderr)  # stdout is the samples' text alone
 
     new_ids = [[] for _ in range(cfg.num_samples)]
     shown = print_new_text(decode(start_ids), 0)

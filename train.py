@@ -27,6 +27,9 @@ import sys
 import time
 from contextlib import ExitStack, suppress
 
+# common first: it makes a Ctrl-C while torch loads end in one line, not a traceback
+from common import (UserError, all_or_none, compile_blocker, device_peak_flops, device_text, dist_env,
+                    local_rank0_first, print0, return_freed_memory, run_main, setup, teardown, threads_text)
 import numpy as np
 import torch
 from torch.distributed.fsdp import fully_shard
@@ -34,11 +37,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (BEST, LAST, LOG, MODEL_ARGS, checkpoint_name, checkpoint_path, load_model, load_optimizer_state,
                         model_state, own_out_dir, save_state)
-from common import (UserError, all_or_none, compile_blocker, device_peak_flops, device_text, dist_env,
-                    local_rank0_first, print0, return_freed_memory, run_main, setup, teardown, threads_text)
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
-from data import (DROPOUT, EVAL_BATCH, PROJECT_DIR, SPLITS, TRAIN_BATCH, data_files, dataset_tokenizer, get_batch,
-                  meta_vocab_size, prepare_small_dataset)
+from data import (DROPOUT, EVAL_BATCH, MAX_PARAMS_PER_TOKEN, SPLITS, TRAIN_BATCH, check_split_length, data_files,
+                  dataset_tokenizer, get_batch, meta_vocab_size, prepare_small_dataset, project_path)
 from lora import LORA_TARGETS, init_lora, lora_checkpoint, lora_target_names
 from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig
 from optim import check_optimizer_settings, configure_optimizer
@@ -145,21 +146,21 @@ def train(cfg):
 def start_run(cfg, rt):
     """
     Everything a run starts from: the data's files, the model (plain and as trained), the optimizer and scaler,
-    the iteration and best (val loss, iteration) to go on from, and the HellaSwag examples when they are scored.
+    the iteration and best (val loss, iteration) to go on from, the HellaSwag examples when they are scored, and
+    the tokenizer its checkpoints carry.
     """
     data_dir = os.path.join('data', cfg.dataset)
     local_rank0_first(rt, lambda: prepare_small_dataset(cfg.dataset, data_dir))  # one process per node prepares
-    data_vocab_size = meta_vocab_size(data_dir)
     if rt.ddp and cfg.init_from in GPT2_SIZES:
         import hf  # one process per node downloads OpenAI's weights into the cache while the others wait
         local_rank0_first(rt, lambda: hf.gpt2_safetensors(cfg.init_from))
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
-    raw_model, checkpoint = init_model(cfg, data_vocab_size)
-    fit_model(raw_model, checkpoint, cfg, data_vocab_size)
-    if checkpoint is not None:
-        check_resume(cfg, checkpoint)
-    files = {split: data_files(data_dir, split) for split in SPLITS}
-    init_lora(raw_model, checkpoint, cfg)
+    error = None
+    try:  # what every process reads alike: the first to fail says why, and all stop
+        files, raw_model, checkpoint, tokenizer = read_start(cfg, rt, data_dir)
+    except UserError as e:
+        error = e
+    all_or_none(rt, error)
     raw_model.gradient_checkpointing = cfg.gradient_checkpointing
     raw_model.to(rt.device)
     hellaswag_set = load_hellaswag(cfg, raw_model, rt) if cfg.eval_hellaswag else None
@@ -169,17 +170,16 @@ def start_run(cfg, rt):
     if checkpoint is not None:
         iter_num, best = int(checkpoint['iter_num']), (float(checkpoint.get('best_val_loss', math.inf)),
                                                         checkpoint.get('best_iter'))
-    return files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set
+    return files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set, tokenizer
 
 
 def train_loop(cfg, rt, stop):
     accum_steps = cfg.gradient_accumulation_steps // rt.world_size  # micro-steps on each process
-    files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set = start_run(cfg, rt)
+    files, raw_model, model, optimizer, scaler, iter_num, best, hellaswag_set, tokenizer = start_run(cfg, rt)
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * raw_model.config.block_size
     header = run_header(cfg, rt, raw_model, model, optimizer, files, tokens_per_iter, iter_num, best)
-    for line in header + schedule_warnings(cfg):
+    for line in header + schedule_warnings(cfg) + data_notes(cfg, raw_model, files, tokenizer):
         print0(line)
-    tokenizer = dataset_tokenizer(os.path.join('data', cfg.dataset))  # read once: the data may go during the run
     # the batch of (iteration, micro-step), a function of the seed alone: the same for 1 or N processes
     train_batch = functools.partial(get_batch, files['train'], cfg.batch_size, raw_model.config.block_size,
                                     cfg.seed, TRAIN_BATCH, device=rt.device, vocab_size=raw_model.config.vocab_size)
@@ -187,28 +187,37 @@ def train_loop(cfg, rt, stop):
     # non-finite losses are counted on the device and checked where the loop syncs anyway
     nonfinite = torch.zeros(2, dtype=torch.long, device=rt.device)
     start_iter, t0, timed_from, stopped_by = iter_num, time.time(), iter_num, None
+    previous, overfitting_said = None, False  # the eval before, and whether overfitting was pointed out
     stop.armed = not cfg.eval_only
     with RunLog(cfg, rt) as log:
         while True:
-            lr = set_lr(optimizer, get_lr(iter_num, cfg))
+            lrs = set_lr(optimizer, get_lr(iter_num, cfg))
             final = iter_num >= cfg.max_iters
 
             # ---- evaluate and checkpoint
             if iter_num % cfg.eval_interval == 0 or final or cfg.eval_only:
                 check_stop(nonfinite, stop, iter_num, cfg, rt)
-                record, line = evaluate(model, raw_model, files, hellaswag_set, cfg, rt)
+                record, line = evaluate(model, raw_model, files, hellaswag_set, cfg, rt, stop)
+                if record is None:  # a stop asked for during the eval, which would have kept the run going
+                    stopped_by = stop_run(iter_num, start_iter, raw_model, optimizer, scaler, best, tokenizer, stop,
+                                          cfg, rt)
+                    break
                 print0(f"step {iter_num}: {line}")
-                log({'iter': iter_num, **record, 'lr': lr})
+                log({'iter': iter_num, **record, **lrs})
                 if not math.isfinite(record['train_loss']) or not math.isfinite(record['val_loss']):
                     raise nonfinite_error(iter_num, cfg, rt)  # the same losses on every process: all stop here
                 if cfg.eval_only:
                     break
+                if not overfitting_said and overfitting(record, previous, best):
+                    print0(overfitting_notice(record, best, cfg))
+                    overfitting_said = True
+                previous = record
                 improved = record['val_loss'] < best[0]
                 best = (record['val_loss'], iter_num) if improved else best
                 # the final weights are kept too, as ckpt_last.pt when they are not the best
                 if iter_num > start_iter and (improved or cfg.always_save_checkpoint or final):
                     save_run(checkpoint_name(improved, cfg.always_save_checkpoint), raw_model, optimizer, scaler,
-                             iter_num, best, tokenizer, cfg, rt)
+                             iter_num, best, tokenizer, cfg, rt, val_loss=record['val_loss'])
                 t0, timed_from = time.time(), iter_num  # time the training steps alone
             if final:
                 break
@@ -229,15 +238,13 @@ def train_loop(cfg, rt, stop):
                 peak = device_peak_flops(rt) if rt.device_type == 'cuda' else None
                 mfu = raw_model.estimate_mfu(cfg.batch_size * accum_steps, dt, peak) if peak else None
                 print(log_line(iter_num, lossf, dt, tokens_per_iter, mfu, cfg))
-                log({'iter': iter_num, 'loss': lossf, 'lr': lr, 'ms': dt * 1000, 'tok_s': tokens_per_iter / dt,
+                log({'iter': iter_num, 'loss': lossf, **lrs, 'ms': dt * 1000, 'tok_s': tokens_per_iter / dt,
                      'mfu': mfu})
             # under DDP every process checks at the same iterations, since the check is a collective
             if iter_num % cfg.log_interval == 0 or (stop.requested and not rt.ddp):
                 if check_stop(nonfinite, stop, iter_num, cfg, rt):
-                    print0(f"stop requested at iteration {iter_num}")
-                    save_run(checkpoint_name(False, cfg.always_save_checkpoint), raw_model, optimizer, scaler,
-                             iter_num, best, tokenizer, cfg, rt)
-                    stopped_by = stop.signum or signal.SIGTERM  # the process that was not signalled: as torchrun's
+                    stopped_by = stop_run(iter_num, start_iter, raw_model, optimizer, scaler, best, tokenizer, stop,
+                                          cfg, rt)
                     break
     if rt.ddp:
         # wait for rank 0's last checkpoint: a process that leaves the group early can abort the others' gloo
@@ -299,12 +306,21 @@ def check_settings(cfg):
                   'grad_clip', 'lora_rank', 'muon_lr', 'muon_weight_decay'), lambda v: v >= 0, '0 or more')
     require(cfg, ('dropout', 'beta1', 'beta2', 'lora_dropout', 'muon_momentum'), lambda v: 0 <= v < 1, 'in [0, 1)')
     require(cfg, 'seed', *SEED_RANGE)
-    require(cfg, ('dataset', 'out_dir'), lambda v: v.strip() != '', 'a folder name, not empty')
+    require(cfg, ('dataset', 'out_dir'), lambda v: v.strip() != '' and v.isprintable(),
+            'a folder name, not empty and without control characters (a newline, say)')
     if cfg.n_embd % cfg.n_head:
         raise ConfigError(f"n_embd={cfg.n_embd} must be a multiple of n_head={cfg.n_head}")
     if cfg.decay_lr and cfg.min_lr > cfg.learning_rate:
         raise ConfigError(f"min_lr={cfg.min_lr} is above learning_rate={cfg.learning_rate}, but the schedule decays "
                           f"from learning_rate to min_lr; lower min_lr (learning_rate/10 is usual)")
+    require(cfg, 'lora_alpha', lambda v: v > 0, 'above 0 (the adapters are scaled by lora_alpha / lora_rank)')
+    lora_only = [f'{k}={getattr(cfg, k)!r}' for k in ('lora_alpha', 'lora_dropout', 'lora_targets')
+                 if getattr(cfg, k) != DEFAULTS[k]]
+    if lora_only and not cfg.lora_rank and cfg.init_from != 'resume':  # (a resumed run is checked by init_lora)
+        one = len(lora_only) == 1
+        raise ConfigError(f"{', '.join(lora_only)} {'is a LoRA setting' if one else 'are LoRA settings'}, but "
+                          f"lora_rank=0 trains every weight, without adapters; set --lora_rank (8, say) for LoRA, or "
+                          f"leave {'it' if one else 'them'} out")
     unknown = set(lora_target_names(cfg)) - set(LORA_TARGETS)
     if unknown or not lora_target_names(cfg):
         raise ConfigError(f"lora_targets='{cfg.lora_targets}' must name some of {', '.join(LORA_TARGETS)}, "
@@ -314,6 +330,9 @@ def check_settings(cfg):
     if cfg.optimizer == 'muon' and cfg.learning_rate <= 0:  # Muon's schedule is learning_rate's, scaled
         raise ConfigError(f"learning_rate={cfg.learning_rate} must be above 0 with optimizer='muon'")
     check_optimizer_settings(cfg)
+    if cfg.fsdp and not dist_env()[0]:
+        raise ConfigError("fsdp=True shards the model over the processes of torchrun; run under torchrun "
+                          "(torchrun --standalone --nproc_per_node=N train.py ...), or leave fsdp off")
 
 
 def schedule_warnings(cfg):
@@ -335,6 +354,46 @@ def schedule_warnings(cfg):
     return warnings
 
 
+def data_notes(cfg, model, files, tokenizer):
+    """
+    For a new model: where its vocabulary comes from when the data has none of its own, and one line when the
+    model is far larger than its data: it will memorise the text, not learn from it.
+    """
+    if cfg.init_from != 'scratch':
+        return []
+    notes = [f"no meta.pkl in the data folder: using GPT-2's vocab_size of {PADDED_VOCAB_SIZE} "
+             f"({GPT2_VOCAB_SIZE} rounded up)"] if tokenizer['kind'] == 'gpt2' else []
+    c = model.config
+    blocks = sum(p.numel() for p in model.transformer.h.parameters())  # the embeddings' unused rows do not count
+    tokens = sum(n for _, _, n in files['train'])
+    if blocks < MAX_PARAMS_PER_TOKEN * tokens:
+        return notes
+    smaller = f"--n_layer={max(1, c.n_layer // 2)} --n_embd={max(1, c.n_embd // 2 // c.n_head) * c.n_head}"
+    return notes + [f"note: the model's blocks hold {blocks:,} parameters, {blocks / tokens:,.0f}x the {tokens:,} "
+                    f"train tokens of data/{cfg.dataset}: it will learn the text by heart (val loss rising while "
+                    f"train loss falls) rather than learn from it; give it more text, or a smaller model (now "
+                    f"n_layer {c.n_layer}, n_embd {c.n_embd}: e.g. {smaller})"]
+
+
+OVERFITTING_MARGIN = 1.02  # val loss this far above its best, not just the noise of a few eval batches
+
+
+def overfitting(record, previous, best):
+    """Whether an eval (record) shows overfitting: val loss rising, and well above its best, while train loss falls."""
+    return (previous is not None and record['train_loss'] < previous['train_loss']
+            and record['val_loss'] > previous['val_loss'] and record['val_loss'] > OVERFITTING_MARGIN * best[0])
+
+
+def overfitting_notice(record, best, cfg):
+    keep = ("ckpt.pt keeps the best weights" if not cfg.always_save_checkpoint else
+            "always_save_checkpoint=True replaces ckpt.pt at every eval: resume with --always_save_checkpoint=False "
+            "to keep the best from now on")
+    at = f" at iteration {best[1]}" if best[1] is not None else ''
+    return (f"note: val loss {record['val_loss']:.4f} is rising (best {best[0]:.4f}{at}) while "
+            f"train loss falls ({record['train_loss']:.4f}): the model is overfitting, learning the train text by "
+            f"heart; {keep}; for a better model give it more text, a smaller model or dropout (e.g. --dropout=0.2)")
+
+
 def get_lr(it, cfg):
     """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, min_lr after that."""
     if not cfg.decay_lr:
@@ -349,10 +408,14 @@ def get_lr(it, cfg):
 
 
 def set_lr(optimizer, lr):
-    """Every group follows the schedule: at lr, or at lr times the group's lr_scale (Muon's groups)."""
+    """
+    Every group follows the schedule: at lr, or at lr times the group's lr_scale (Muon's groups). Returns the rates
+    to log: {'lr': lr}, and Muon's as 'muon_lr' where there is one.
+    """
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr * param_group.get('lr_scale', 1.0)
-    return lr
+    scaled = [g['lr'] for g in optimizer.param_groups if 'lr_scale' in g]
+    return {'lr': lr, **({'muon_lr': scaled[0]} if scaled else {})}
 
 
 def seed_dropout(seed, it, micro_step):
@@ -363,21 +426,37 @@ def seed_dropout(seed, it, micro_step):
 # -----------------------------------------------------------------------------
 # the model and its optimizer, new or resumed
 
-def init_model(cfg, data_vocab_size):
+def read_start(cfg, rt, data_dir):
+    """
+    What start_run reads, each process alike, checked against each other: the data's files, the model, its
+    checkpoint (None for a new run) and the tokenizer (read once: the data folder may go during the run).
+    """
+    data_vocab_size = meta_vocab_size(data_dir)
+    raw_model, checkpoint = init_model(cfg, data_vocab_size, rt.master and not cfg.eval_only)
+    fit_model(raw_model, checkpoint, cfg, data_vocab_size)
+    tokenizer = dataset_tokenizer(data_dir)
+    if checkpoint is not None:
+        check_resume(cfg, checkpoint, tokenizer)
+    files = {split: data_files(data_dir, split) for split in SPLITS}
+    for split, split_files in files.items():
+        check_split_length(split_files, split, raw_model.config.block_size, data_dir)
+    init_lora(raw_model, checkpoint, cfg)
+    return files, raw_model, checkpoint, tokenizer
+
+
+def init_model(cfg, data_vocab_size, owner=False):
     """
     Build the model: from scratch, from the run in out_dir, or from pretrained weights (OpenAI's GPT-2 by name,
-    or a Hugging Face folder). Returns (model, checkpoint or None).
+    or a Hugging Face folder). Returns (model, checkpoint or None). owner: this process writes out_dir (it sets
+    a damaged checkpoint aside: checkpoint.resume_checkpoint).
     """
     if cfg.init_from == 'scratch':
         model_args = {k: getattr(cfg, k) for k in MODEL_ARGS if k != 'vocab_size'}
-        if data_vocab_size is None:
-            print0(f"no meta.pkl in the data folder: using GPT-2's vocab_size of {PADDED_VOCAB_SIZE} "
-                   f"({GPT2_VOCAB_SIZE} rounded up)")
         model_args['vocab_size'] = data_vocab_size or PADDED_VOCAB_SIZE
         return GPT(GPTConfig(**model_args, dropout=cfg.dropout)), None
     if cfg.init_from == 'resume':
         # the model's shape comes from the checkpoint; other settings may change on resume
-        return load_model('resume', cfg.out_dir, purpose='resume', dropout=cfg.dropout)
+        return load_model('resume', cfg.out_dir, purpose='resume', dropout=cfg.dropout, owner=owner)
     if cfg.init_from in GPT2_SIZES or os.path.isdir(cfg.init_from):
         print0(f"initializing from pretrained weights: {cfg.init_from}")
         # the shape, vocabulary and biases are the pretrained model's; the checkpoint's model_args record them
@@ -398,8 +477,11 @@ def fit_model(model, checkpoint, cfg, data_vocab_size):
                         f"{model.config.vocab_size}; train on the dataset the model was made for")
 
 
-def check_resume(cfg, checkpoint):
-    """A resumed run goes on as it was: its model's shape cannot change, nor, unless asked, its dataset."""
+def check_resume(cfg, checkpoint, tokenizer):
+    """
+    A resumed run goes on as it was: its model's shape cannot change, nor, unless asked, its dataset, nor ever the
+    meaning of its token ids (tokenizer: the data's, from data.dataset_tokenizer).
+    """
     saved = checkpoint.get('config') or {}  # the settings the run was started (or last resumed) with
     changed = [k for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias') if k in saved
                and getattr(cfg, k) != saved[k]]
@@ -411,6 +493,23 @@ def check_resume(cfg, checkpoint):
     if 'dataset' in saved and cfg.dataset != saved['dataset'] and not cfg.change_dataset:
         raise UserError(f"dataset='{cfg.dataset}' is not the resumed run's dataset '{saved['dataset']}'; resume "
                         f"with --dataset={saved['dataset']}, or add --change_dataset=True to go on with new data")
+    # a vocabulary of the data's own (meta.pkl) must be the run's: the same ids for the same text. (Data without
+    # one is GPT-2's BPE, whose ids the vocabulary size and the batches' token check guard.)
+    trained_on = checkpoint.get('tokenizer')
+    if trained_on and tokenizer['kind'] != 'gpt2' and tokenizer != trained_on:
+        fix = ("prepare it with the run's vocabulary, or start a new run on it" if cfg.dataset != saved.get('dataset')
+               else "it was prepared again from other text since; prepare it as it was, or start a new run")
+        raise UserError(f"data/{cfg.dataset} has {vocabulary_text(tokenizer)}, but the run in '{cfg.out_dir}' was "
+                        f"trained with {vocabulary_text(trained_on)}, so its token ids would mean other text to the "
+                        f"model; {fix}")
+
+
+def vocabulary_text(tokenizer):
+    """A tokenizer (data.dataset_tokenizer) in a few words."""
+    if tokenizer['kind'] == 'char':
+        chars = ''.join(tokenizer['chars'])
+        return f"a vocabulary of {len(chars)} characters ({chars[:20]!r}{'...' if len(chars) > 20 else ''})"
+    return "a BPE vocabulary of its own" if tokenizer['kind'] == 'bpe' else "GPT-2's BPE vocabulary"
 
 
 def init_optimizer(model, checkpoint, cfg, rt):
@@ -449,8 +548,6 @@ def wrap_model(model, compile, rt, fsdp=False):
     """
     if rt.ddp and fsdp:
         shard_model(model)
-    elif fsdp:
-        print0("fsdp=True shards over the processes of torchrun; this one process trains unsharded")
     if compile is None and rt.device_type == 'cuda':
         blocker = compile_blocker(rt.device)
         if blocker:
@@ -498,28 +595,45 @@ def shard_model(model):
 # evaluation, checkpoints, the log, stopping
 
 @torch.no_grad()
-def estimate_loss(model, files, block_size, cfg, rt, vocab_size=None):
-    """Mean loss over eval_iters fixed batches of each split, shared out over the DDP processes."""
+def estimate_loss(model, files, block_size, cfg, rt, vocab_size=None, stop=None):
+    """
+    Mean loss over eval_iters fixed batches of each split, shared out over the DDP processes. None when stop (a
+    StopRequest) is requested meanwhile: at the next batch, or under DDP, where every process must agree, at the
+    end of a split.
+    """
     out = {}
     model.eval()
-    for split, split_files in files.items():
-        total = torch.zeros(2, device=rt.device)  # sum of losses, number of batches
-        for k in range(rt.rank, cfg.eval_iters, rt.world_size):
-            X, Y = get_batch(split_files, cfg.batch_size, block_size, cfg.seed, EVAL_BATCH, SPLITS[split], k,
-                             device=rt.device, vocab_size=vocab_size)
-            with rt.autocast:
-                _, loss = model(X, Y)
-            total += torch.stack([loss.float(), torch.ones((), device=rt.device)])
-        if rt.ddp:
-            torch.distributed.all_reduce(total)
-        out[split] = (total[0] / total[1]).item()
-    model.train()
+    try:
+        for split, split_files in files.items():
+            total = torch.zeros(3, device=rt.device)  # sum of losses, number of batches, processes asked to stop
+            for k in range(rt.rank, cfg.eval_iters, rt.world_size):
+                if stop is not None and stop.requested and not rt.ddp:
+                    return None
+                X, Y = get_batch(split_files, cfg.batch_size, block_size, cfg.seed, EVAL_BATCH, SPLITS[split], k,
+                                 device=rt.device, vocab_size=vocab_size)
+                with rt.autocast:
+                    _, loss = model(X, Y)
+                total[:2] += torch.stack([loss.float(), torch.ones((), device=rt.device)])
+            if stop is not None and stop.requested:
+                total[2] = 1
+            if rt.ddp:
+                torch.distributed.all_reduce(total)
+            if total[2].item():
+                return None
+            out[split] = (total[0] / total[1]).item()
+    finally:
+        model.train()
     return out
 
 
-def evaluate(model, raw_model, files, hellaswag_set, cfg, rt):
-    """The losses (and HellaSwag scores, when asked) as a log record, printed as one line."""
-    losses = estimate_loss(model, files, raw_model.config.block_size, cfg, rt, raw_model.config.vocab_size)
+def evaluate(model, raw_model, files, hellaswag_set, cfg, rt, stop=None):
+    """
+    The losses (and HellaSwag scores, when asked) as a log record, and as one line to print; (None, None) when
+    stop (a StopRequest) is requested meanwhile (estimate_loss).
+    """
+    losses = estimate_loss(model, files, raw_model.config.block_size, cfg, rt, raw_model.config.vocab_size, stop)
+    if losses is None:
+        return None, None
     record = {'train_loss': losses['train'], 'val_loss': losses['val']}
     line = f"train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
     if cfg.eval_only:  # the figure people quote for a model on their own text: exp of the mean loss per token
@@ -533,10 +647,11 @@ def evaluate(model, raw_model, files, hellaswag_set, cfg, rt):
     return record, line
 
 
-def save_run(name, raw_model, optimizer, scaler, iter_num, best, tokenizer, cfg, rt):
+def save_run(name, raw_model, optimizer, scaler, iter_num, best, tokenizer, cfg, rt, val_loss=None):
     """
     Write the run's state to out_dir/name; a new best ckpt.pt replaces ckpt_last.pt. best is (best val loss, its
-    iteration); tokenizer is what decodes the model's tokens (data.dataset_tokenizer). Every process calls it
+    iteration); tokenizer is what decodes the model's tokens (data.dataset_tokenizer); val_loss is these weights'
+    (None when saved without an eval, at a stop). Every process calls it
     (under FSDP the state is gathered from all of them, one tensor at a time); the master writes.
     """
     # under FSDP both hold this process's shards (DTensors), named and numbered as in one process
@@ -549,6 +664,7 @@ def save_run(name, raw_model, optimizer, scaler, iter_num, best, tokenizer, cfg,
         'iter_num': iter_num,
         'best_val_loss': best[0],
         'best_iter': best[1],
+        'val_loss': val_loss,
         'config': vars(cfg),
         'scaler': scaler.state_dict(),
         'tokenizer': tokenizer,  # so sampling needs no data folder
@@ -560,6 +676,18 @@ def save_run(name, raw_model, optimizer, scaler, iter_num, best, tokenizer, cfg,
     last = os.path.join(cfg.out_dir, LAST)
     if rt.master and name == BEST and os.path.exists(last):  # the newest state is ckpt.pt again
         os.remove(last)
+
+
+def stop_run(iter_num, start_iter, raw_model, optimizer, scaler, best, tokenizer, stop, cfg, rt):
+    """
+    A stop asked for by a signal (StopRequest): save the state the run has reached, unless it is the one it
+    started from, and return the signal, which sets the exit status (main).
+    """
+    print0(f"stop requested at iteration {iter_num}")
+    if iter_num > start_iter:
+        save_run(checkpoint_name(False, cfg.always_save_checkpoint), raw_model, optimizer, scaler, iter_num, best,
+                 tokenizer, cfg, rt)
+    return stop.signum or signal.SIGTERM  # the process that was not signalled: as torchrun's
 
 
 def ends_line(path):
@@ -589,7 +717,11 @@ class RunLog:
             self.wandb = wandb
         if not cfg.eval_only:
             self.path = os.path.join(cfg.out_dir, LOG)
-            self.file = open(self.path, 'a' if cfg.init_from == 'resume' else 'w')
+            try:
+                self.file = open(self.path, 'a' if cfg.init_from == 'resume' else 'w')
+            except OSError as e:
+                raise UserError(f"cannot write the run's log '{self.path}' ({e.strerror}); fix its permissions, or "
+                                f"choose another --out_dir") from None
             if self.file.tell() and not ends_line(self.path):
                 self.file.write('\n')  # a record cut off when the run was killed: the resumed ones start anew
 
@@ -630,8 +762,10 @@ def nonfinite_error(iter_num, cfg, rt):
     else:
         what = (f"the loss was non-finite (nan or inf) for {FLOAT16_NONFINITE_LIMIT} iterations in a row (the "
                 f"float16 loss scaler skipped those steps, but the loss did not recover)")
-    return UserError(f"{what} by iteration {iter_num}; stopped without saving, so the last checkpoint in "
-                     f"'{cfg.out_dir}' is intact; lower learning_rate or raise warmup_iters, then resume")
+    error = UserError(f"{what} by iteration {iter_num}; stopped without saving, so the last checkpoint in "
+                      f"'{cfg.out_dir}' is intact; lower learning_rate or raise warmup_iters, then resume")
+    error.quiet = not rt.master  # every process stops here alike: one says so
+    return error
 
 
 def check_stop(streaks, stop, iter_num, cfg, rt):
@@ -734,12 +868,9 @@ def summary(iter_num, start_iter, best_val_loss, best_iter, cfg):
         return [f"stopped at iteration {iter_num}: no checkpoint in {cfg.out_dir} (none is written before the "
                 f"first eval after iteration {start_iter})"]
     best = f"best val loss {best_val_loss:.4f}" + (f" at iteration {best_iter}" if best_iter is not None else '')
-    sample_py = os.path.join(PROJECT_DIR, 'sample.py')
-    if os.path.dirname(os.path.abspath(sample_py)) == os.getcwd():
-        sample_py = 'sample.py'  # run from the project's folder, as the README does
     return [f"{'done' if iter_num >= cfg.max_iters else 'stopped'}: iteration {iter_num} of {cfg.max_iters}, {best}",
             f"checkpoint: {path}",
-            f"sample from it: python {shlex.quote(sample_py)} --out_dir={shlex.quote(cfg.out_dir)}"]
+            f"sample from it: python {project_path('sample.py')} --out_dir={shlex.quote(cfg.out_dir)}"]
 
 
 def main(argv=None):

@@ -6,7 +6,8 @@ $ python data/prepare_text.py --input=book.txt --dataset=book                   
 $ python data/prepare_text.py --input=notes/ --input=more.jsonl --dataset=notes --tokenizer=gpt2
 $ python data/prepare_text.py --input='corpus/*.txt' --dataset=corpus --tokenizer=bpe --vocab_size=8192
 
-then `python train.py --dataset=NAME ...` and `python sample.py --out_dir=...`.
+then the run it suggests (`python train.py config/train_shakespeare_char_cpu.py --dataset=NAME ...` for a small
+corpus) and `python sample.py --out_dir=...`.
 
 Inputs: text files, folders (their .txt and .md files, recursively, in name order), .jsonl files (one document
 a line, its text in the field text_field) and globs; each file, and each jsonl line, is a document. Files are
@@ -27,8 +28,10 @@ val_fraction of the text, as for Tiny Shakespeare. The same input gives byte-ide
 
 import glob
 import json
+import math
 import os
 import re
+import stat
 import sys
 
 import numpy as np
@@ -36,8 +39,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from common import UserError, gpt2_encoding, run_main  # noqa: E402
 from configurator import ConfigError, as_namespace, config_from_globals, load_config  # noqa: E402
-from data import (DatasetFiles, Progress, encode_pieces, import_tokenizers, load_tokenizer,  # noqa: E402
-                  ordered_map)
+from data import (MAX_PARAMS_PER_TOKEN, DatasetFiles, Progress, encode_pieces, import_tokenizers,  # noqa: E402
+                  load_tokenizer, ordered_map, project_path)
 
 # -----------------------------------------------------------------------------
 input = []  # text files, folders, .jsonl files or globs; give --input=... once for each
@@ -70,7 +73,8 @@ TASK_CHARS = 1 << 20  # characters of text in each task a worker tokenizes
 def check_settings(cfg):
     if not cfg.input:
         raise ConfigError("no input: give --input=PATH (a file, folder, .jsonl or glob), once for each")
-    if cfg.dataset in ('', '.', '..') or os.path.basename(cfg.dataset) != cfg.dataset:
+    if cfg.dataset in ('', '.', '..') or os.path.basename(cfg.dataset) != cfg.dataset or \
+            not cfg.dataset.isprintable():
         raise ConfigError(f"dataset={cfg.dataset!r} must be a plain folder name, e.g. --dataset=mytext")
     if cfg.tokenizer not in TOKENIZERS:
         raise ConfigError(f"tokenizer={cfg.tokenizer!r}; use {', '.join(TOKENIZERS)}")
@@ -100,24 +104,50 @@ def check_folder(data_dir, overwrite):
 # reading the corpus: files, documents, pieces
 
 def find_files(inputs):
-    """The input files in the order given (a folder's and a glob's in name order), each once."""
+    """The input files in the order given (a folder's and a glob's in name order), each once, each checked."""
     files = []
     for item in inputs:
-        if os.path.isfile(item):
-            found = [item]
-        elif os.path.isdir(item):
+        if os.path.isdir(item):
             found = sorted(os.path.join(root, name) for root, _, names in os.walk(item)
-                           for name in names if name.endswith(TEXT_SUFFIXES))
+                           for name in names if name.lower().endswith(TEXT_SUFFIXES))
             if not found:
                 raise UserError(f"folder '{item}' holds no .txt or .md file")
+        elif os.path.lexists(item):
+            found = [item]
         elif any(c in item for c in '*?['):
             found = find_files(sorted(glob.glob(item, recursive=True)))
             if not found:
                 raise UserError(f"'{item}' matches no file")
         else:
             raise UserError(f"input '{item}' does not exist")
+        for path in found:
+            check_input(path)
         files += [f for f in found if f not in files]
     return files
+
+
+def check_input(path):
+    """A file that can be read as text or .jsonl: not a FIFO (which would hang), a broken link or a .json."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UserError(f"input '{path}' is a broken symbolic link (to '{os.readlink(path)}'); fix or remove it")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise UserError(f"cannot read input '{path}' ({e.strerror}); fix it or leave it out") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"input '{path}' is not a regular file (a FIFO, device or socket); give text files")
+    if path.lower().endswith('.json'):
+        raise UserError(f"input '{path}' is a .json file: prepare_text reads text files and .jsonl files (one JSON "
+                        f"object a line); convert it to .jsonl, or rename it if it is plain text")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"cannot read input '{path}' (permission denied); fix its permissions")
+
+
+def open_input(path):
+    try:
+        return open(path, 'rb')
+    except OSError as e:
+        raise UserError(f"cannot read input '{path}' ({e.strerror}); fix it or leave it out") from None
 
 
 def _complete_utf8(data):
@@ -137,7 +167,7 @@ def _not_utf8(path, offset, error, where=''):
 
 def text_blocks(path, errors, counter):
     """A text file's text in blocks, decoded as UTF-8. counter[0] counts the bytes read."""
-    with open(path, 'rb') as f:
+    with open_input(path) as f:
         offset, carry = 0, b''
         while True:
             block = f.read(BLOCK_BYTES)
@@ -155,13 +185,16 @@ def text_blocks(path, errors, counter):
 
 
 def jsonl_documents(path, text_field, errors, counter):
-    """The texts of a .jsonl file's lines (blank lines skipped). counter[0] counts the bytes read."""
-    with open(path, 'rb') as f:
+    """
+    The texts of a .jsonl file's lines (blank lines skipped; a UTF-8 byte order mark before the first is allowed).
+    counter[0] counts the bytes read.
+    """
+    with open_input(path) as f:
         offset = 0
         for number, line in enumerate(f, 1):
             counter[0] += len(line)
             try:
-                text = line.decode('utf-8', errors)
+                text = line.decode('utf-8-sig' if number == 1 else 'utf-8', errors)
             except UnicodeDecodeError as e:
                 raise _not_utf8(path, offset, e, f" line {number}") from None
             offset += len(line)
@@ -175,7 +208,17 @@ def jsonl_documents(path, text_field, errors, counter):
             if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
                 raise UserError(f"{path}:{number}: no text in field '{text_field}'; name the field that holds "
                                 f"the text with --text_field=...")
-            yield record[text_field]
+            text = record[text_field]
+            if SURROGATE.search(text):  # a \ud800-style escape JSON allows, which is half a character, not text
+                if errors == 'strict':
+                    raise UserError(f"{path}:{number}: the text holds a lone surrogate escape "
+                                    f"({SURROGATE.search(text)[0].encode('unicode_escape').decode()}), half of a "
+                                    f"character, not text; fix it, or pass --errors=replace")
+                text = SURROGATE.sub('\ufffd', text)
+            yield text
+
+
+SURROGATE = re.compile('[\ud800-\udfff]')
 
 
 # A place where GPT-2's pre-tokenizer (and the byte-level BPE's, the same regex) cuts the text anyway: after a
@@ -210,7 +253,7 @@ def read_corpus(files, text_field='text', errors='strict'):
     """
     counter = [0]
     for path in files:
-        if path.endswith('.jsonl'):
+        if path.lower().endswith('.jsonl'):
             documents = ([text] for text in jsonl_documents(path, text_field, errors, counter))
         else:
             documents = [text_blocks(path, errors, counter)]
@@ -409,6 +452,10 @@ def prepare_text(cfg, data_root='data'):
     if cfg.tokenizer == 'bpe':
         import_tokenizers()  # its install hint before any work
     data_dir = os.path.join(data_root, cfg.dataset)
+    for folder in (data_root, data_dir):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise UserError(f"cannot write '{os.path.abspath(data_dir)}': '{os.path.abspath(folder)}' is a file, "
+                            f"not a folder; move it, or run from another folder")
     check_folder(data_dir, cfg.overwrite)
     files = find_files(cfg.input)
     total_bytes = sum(os.path.getsize(f) for f in files)
@@ -420,18 +467,49 @@ def prepare_text(cfg, data_root='data'):
             (num_docs == 1 and not 0 < int(num_chars * (1 - cfg.val_fraction)) < num_chars):
         raise UserError(f"the corpus ({num_docs:,} documents, {num_chars:,} characters) is too small to split "
                         f"into train and val with val_fraction={cfg.val_fraction}; give more text")
-    with DatasetFiles(data_dir, replaces=DATASET_FILES) as out:  # all files, or none and the old ones kept
-        vocab, meta = make_vocab(cfg, files, chars, num_bytes, total_bytes, out)
-        counts = write_splits(cfg, files, num_docs, num_chars, vocab, total_bytes, out)
-        if not counts['train'] or not counts['val']:
-            raise UserError(f"the corpus gives no {'train' if not counts['train'] else 'val'} tokens (its val "
-                            f"documents are empty); give more text or another val_fraction")
-        if meta is not None:
-            out.write_meta(meta)
+    try:
+        with DatasetFiles(data_dir, replaces=DATASET_FILES) as out:  # all files, or none and the old ones kept
+            vocab, meta = make_vocab(cfg, files, chars, num_bytes, total_bytes, out)
+            counts = write_splits(cfg, files, num_docs, num_chars, vocab, total_bytes, out)
+            if not counts['train'] or not counts['val']:
+                raise UserError(f"the corpus gives no {'train' if not counts['train'] else 'val'} tokens (its val "
+                                f"documents are empty); give more text or another val_fraction")
+            if meta is not None:
+                out.write_meta(meta)
+    except OSError as e:  # a full disk, a folder that cannot be made
+        raise UserError(f"could not write '{os.path.abspath(data_dir)}' ({e.strerror or e}); nothing there was "
+                        f"replaced: free disk space or fix the folder's permissions, then run again") from None
     for split, n in counts.items():
         print(f"{split}.bin has {n:,} tokens")
-    print(f"wrote '{data_dir}'; train on it with python train.py --dataset={cfg.dataset} ...")
+    print(f"wrote '{os.path.abspath(data_dir)}'")
+    print(first_run_hint(cfg.dataset, counts))
     return counts
+
+
+CPU_CONFIG = 'config/train_shakespeare_char_cpu.py'  # 4 layers of 128, block_size 64: minutes on a laptop's CPU
+CPU_MODEL = (4, 128, 64)  # its n_layer, n_embd, block_size
+LARGE_CORPUS = 100_000_000  # train tokens from which GPT-2 124M (train.py's defaults, for GPUs) fits the data
+
+
+def first_run_hint(dataset, counts):
+    """A first run that fits the dataset just made: the small CPU config, scaled down for a tiny corpus."""
+    out = f"--dataset={dataset} --out_dir=out-{dataset}"
+    if counts['train'] >= LARGE_CORPUS:
+        return (f"train GPT-2 124M on it (GPUs): python {project_path('train.py')} {out}, or under torchrun "
+                f"--standalone --nproc_per_node=8")
+    n_layer, n_embd, block_size = CPU_MODEL
+    shortest = min(counts.values())
+    if shortest < 2:
+        return "its splits are too short to train on (one needs at least 2 tokens); give it more text"
+    args = []
+    if shortest <= block_size:  # each split must hold one window of block_size + 1 tokens
+        args.append(f"--block_size={2 ** int(math.log2(shortest - 1))}")
+    while 12 * n_layer * n_embd ** 2 > MAX_PARAMS_PER_TOKEN * counts['train'] and n_embd > 32:
+        n_layer, n_embd = max(2, n_layer // 2), n_embd // 2  # the blocks hold 12 n_embd^2 weights a layer
+    if (n_layer, n_embd) != CPU_MODEL[:2]:
+        args.append(f"--n_layer={n_layer} --n_embd={n_embd}")
+    return (f"a first run on it (a small model, on the CPU): "
+            f"{' '.join(['python', project_path('train.py'), project_path(CPU_CONFIG), out, *args])}")
 
 
 def main(argv=None):

@@ -151,8 +151,8 @@ def train_under_fsdp(rank, port, workdir, lora):
                       MASTER_PORT=str(port))
     streamed_save = train.save_run
 
-    def save_and_gather(name, model, optimizer, scaler, iter_num, best, tokenizer, cfg, rt):
-        streamed_save(name, model, optimizer, scaler, iter_num, best, tokenizer, cfg, rt)
+    def save_and_gather(name, model, optimizer, scaler, iter_num, best, tokenizer, cfg, rt, **kwargs):
+        streamed_save(name, model, optimizer, scaler, iter_num, best, tokenizer, cfg, rt, **kwargs)
         full = StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = get_model_state_dict(model, options=full)
         moments = get_optimizer_state_dict(model, optimizer, options=full)
