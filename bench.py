@@ -24,9 +24,10 @@ import os
 import statistics
 import time
 
+# common first: it sets the OpenMP wait policy, which torch reads as it is imported
+from common import UserError, device_peak_flops, device_text, return_freed_memory, run_main, setup, threads_text
 import torch
 
-from common import UserError, device_peak_flops, device_text, return_freed_memory, run_main, setup, threads_text
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
 from data import TRAIN_BATCH, data_files, get_batch
 from checkpoint import load_model

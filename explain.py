@@ -17,11 +17,12 @@ import os
 from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
 
+# common first: it sets the OpenMP wait policy, which torch reads as it is imported
+from common import UserError, run_main, setup
 import torch
 from torch.nn import functional as F
 
 import sample
-from common import UserError, run_main, setup
 from configurator import ConfigError, as_namespace, config_from_globals, load_config
 from checkpoint import load_model
 from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, GPTConfig, filter_logits

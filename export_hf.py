@@ -16,11 +16,12 @@ dataset's own tokenizer.json for a model of data/prepare_text.py's bpe.
 
 import os
 
+# common first: it sets the OpenMP wait policy, which torch reads as it is imported
+from common import DTYPES, UserError, run_main
 import torch
 
 import hf
 from checkpoint import BEST, checkpoint_path, load_checkpoint, model_from_checkpoint
-from common import DTYPES, UserError, run_main
 from configurator import as_namespace, config_from_globals, load_config
 from data import find_tokenizer
 

@@ -17,11 +17,12 @@ import json
 import os
 from contextlib import nullcontext
 
+# common first: it sets the OpenMP wait policy, which torch reads as it is imported
+from common import UserError, download, gpt2_encoding, print0, run_main, setup
 import torch
 from torch.nn import functional as F
 
 from checkpoint import load_model
-from common import UserError, download, gpt2_encoding, print0, run_main, setup
 from configurator import config_from_globals, load_config, require
 from model import GPT2_VOCAB_SIZE
 

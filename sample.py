@@ -11,9 +11,10 @@ The samples are generated as one batch; the first is printed as its tokens arriv
 
 import re
 
+# common first: it sets the OpenMP wait policy, which torch reads as it is imported
+from common import UserError, gpt2_encoding, read_text, run_main, setup
 import torch
 
-from common import UserError, gpt2_encoding, read_text, run_main, setup
 from configurator import SEED_RANGE, as_namespace, config_from_globals, load_config, require
 from checkpoint import load_model
 from data import find_tokenizer, import_tokenizers
