@@ -24,7 +24,8 @@ import os
 import statistics
 import time
 
-# common first: it makes a Ctrl-C while torch loads end in one line, not a traceback
+# common first: it sets the OpenMP wait policy, which torch reads as it is imported, and makes a Ctrl-C while
+# torch loads end in one line, not a traceback
 from common import UserError, device_peak_flops, device_text, return_freed_memory, run_main, setup, threads_text
 import torch
 

@@ -21,6 +21,12 @@ from dataclasses import dataclass
 
 from configurator import ConfigError
 
+# OpenMP's threads wait for work asleep instead of spinning, unless OMP_WAIT_POLICY says otherwise: on a machine that
+# other work keeps busy, a spinning thread holds a core that the thread it waits for needs, and PyTorch's default two
+# threads on two busy cores ran 6x slower than one thread (docs/threads.md). torch's OpenMP reads this once, when
+# torch is imported: the scripts import common before torch.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
 
 class UserError(Exception):
     """A mistake the user can fix (missing data, a bad checkpoint, ...): one line, no traceback."""

@@ -18,7 +18,8 @@ import os
 from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
 
-# common first: it makes a Ctrl-C while torch loads end in one line, not a traceback
+# common first: it sets the OpenMP wait policy, which torch reads as it is imported, and makes a Ctrl-C while
+# torch loads end in one line, not a traceback
 from common import UserError, run_main, setup
 import torch
 from torch.nn import functional as F

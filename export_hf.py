@@ -16,7 +16,8 @@ dataset's own tokenizer.json for a model of data/prepare_text.py's bpe.
 
 import os
 
-# common first: it makes a Ctrl-C while torch loads end in one line, not a traceback
+# common first: it sets the OpenMP wait policy, which torch reads as it is imported, and makes a Ctrl-C while
+# torch loads end in one line, not a traceback
 from common import DTYPES, UserError, run_main
 import torch
 

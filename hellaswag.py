@@ -17,7 +17,8 @@ import json
 import os
 from contextlib import nullcontext
 
-# common first: it makes a Ctrl-C while torch loads end in one line, not a traceback
+# common first: it sets the OpenMP wait policy, which torch reads as it is imported, and makes a Ctrl-C while
+# torch loads end in one line, not a traceback
 from common import UserError, download, gpt2_encoding, print0, run_main, setup
 import torch
 from torch.nn import functional as F

@@ -161,7 +161,8 @@ def configure_optimizer(model, cfg, device):
     others = [p for p in model.parameters() if id(p) not in muon_ids]
     # adjust_lr_fn='original' scales each update by sqrt(max(1, rows / cols)), as the modded-nanogpt speedrun does
     muon = Muon(matrices, newton_schulz_dtype(cfg.muon_ns_dtype, device), lr=cfg.muon_lr,
-                momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay, adjust_lr_fn='original')
+                momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay, ns_steps=cfg.muon_ns_steps,
+                adjust_lr_fn='original')
     muon.param_groups[0]['lr_scale'] = cfg.muon_lr / cfg.learning_rate  # set_lr: one schedule drives both
     adamw = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, betas, device_type, params=others)
     return ChainedOptimizer(muon=muon, adamw=adamw)

@@ -12,7 +12,8 @@ The samples are generated as one batch; the first is printed as its tokens arriv
 import re
 import sys
 
-# common first: it makes a Ctrl-C while torch loads end in one line, not a traceback
+# common first: it sets the OpenMP wait policy, which torch reads as it is imported, and makes a Ctrl-C while
+# torch loads end in one line, not a traceback
 from common import UserError, first_line, gpt2_encoding, read_text, run_main, setup
 import torch
 

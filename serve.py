@@ -30,9 +30,11 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+# common first: it sets the OpenMP wait policy, which torch reads as it is imported, and makes a Ctrl-C while
+# torch loads end in one line, not a traceback
+from common import UserError, run_main, setup
 import torch
 
-from common import UserError, run_main, setup
 from configurator import ConfigError, as_namespace, config_from_globals, load_config, require
 from data import END, render_prompt
 from quantize import check_quantize

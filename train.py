@@ -27,7 +27,8 @@ import sys
 import time
 from contextlib import ExitStack, suppress
 
-# common first: it makes a Ctrl-C while torch loads end in one line, not a traceback
+# common first: it sets the OpenMP wait policy, which torch reads as it is imported, and makes a Ctrl-C while
+# torch loads end in one line, not a traceback
 from common import (UserError, all_or_none, compile_blocker, device_peak_flops, device_text, dist_env,
                     local_rank0_first, print0, return_freed_memory, run_main, setup, teardown, threads_text)
 import numpy as np
@@ -73,6 +74,7 @@ n_head = 12
 n_embd = 768
 dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
 bias = False  # do we use bias inside LayerNorm and Linear layers?
+zero_init_proj = False  # a new model starts its blocks' output projections (c_proj) at zero: each block the identity
 # adamw optimizer
 learning_rate = 6e-4  # max learning rate
 max_iters = 600000  # total number of training iterations
@@ -87,8 +89,13 @@ muon_lr = 0.02  # Muon's peak learning rate; it follows learning_rate's warmup a
 muon_momentum = 0.95
 muon_weight_decay = 0.0  # decoupled: each step scales the matrices by (1 - lr * muon_weight_decay)
 muon_ns_dtype = 'auto'  # Newton-Schulz in 'float32' or 'bfloat16'; 'auto': bfloat16 where the device runs it natively
+muon_ns_steps = 5  # Newton-Schulz iterations per update (torch.optim.Muon's 5)
+muon_momentum_warmup_iters = 0  # Muon's momentum rises linearly from muon_momentum_start to muon_momentum over these
+muon_momentum_start = 0.85
 # learning rate decay settings
 decay_lr = True  # whether to decay the learning rate
+lr_schedule = 'cosine'  # after the warmup: 'cosine' decay to min_lr at lr_decay_iters, or 'trapezoid' (see get_lr)
+cooldown_frac = 0.5  # with 'trapezoid': the last part of the decay that goes down, linearly; before it, a constant
 warmup_iters = 2000  # how many steps to warm up for
 lr_decay_iters = 600000  # should be ~= max_iters per Chinchilla
 min_lr = 6e-5  # minimum learning rate, should be ~= learning_rate/10 per Chinchilla
@@ -191,7 +198,7 @@ def train_loop(cfg, rt, stop):
     stop.armed = not cfg.eval_only
     with RunLog(cfg, rt) as log:
         while True:
-            lrs = set_lr(optimizer, get_lr(iter_num, cfg))
+            lrs = set_lr(optimizer, get_lr(iter_num, cfg), get_muon_momentum(iter_num, cfg))
             final = iter_num >= cfg.max_iters
 
             # ---- evaluate and checkpoint
@@ -301,10 +308,16 @@ def train_step(model, optimizer, scaler, batch, next_batch, it, rt, accum_steps=
 def check_settings(cfg):
     """Values that pass the type check but cannot work; a ConfigError names the setting."""
     require(cfg, ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
-                  'log_interval', 'n_layer', 'n_head', 'n_embd', 'hellaswag_examples'), lambda v: v >= 1, 'at least 1')
+                  'log_interval', 'n_layer', 'n_head', 'n_embd', 'hellaswag_examples', 'muon_ns_steps'),
+            lambda v: v >= 1, 'at least 1')
     require(cfg, ('max_iters', 'warmup_iters', 'lr_decay_iters', 'learning_rate', 'min_lr', 'weight_decay',
-                  'grad_clip', 'lora_rank', 'muon_lr', 'muon_weight_decay'), lambda v: v >= 0, '0 or more')
-    require(cfg, ('dropout', 'beta1', 'beta2', 'lora_dropout', 'muon_momentum'), lambda v: 0 <= v < 1, 'in [0, 1)')
+                  'grad_clip', 'lora_rank', 'muon_lr', 'muon_weight_decay', 'muon_momentum_warmup_iters'),
+            lambda v: v >= 0, '0 or more')
+    require(cfg, ('dropout', 'beta1', 'beta2', 'lora_dropout', 'muon_momentum', 'muon_momentum_start'),
+            lambda v: 0 <= v < 1, 'in [0, 1)')
+    require(cfg, 'cooldown_frac', lambda v: 0 < v <= 1, 'in (0, 1]')
+    if cfg.lr_schedule not in ('cosine', 'trapezoid'):
+        raise ConfigError(f"lr_schedule='{cfg.lr_schedule}' is not one of 'cosine', 'trapezoid'")
     require(cfg, 'seed', *SEED_RANGE)
     require(cfg, ('dataset', 'out_dir'), lambda v: v.strip() != '' and v.isprintable(),
             'a folder name, not empty and without control characters (a newline, say)')
@@ -395,7 +408,11 @@ def overfitting_notice(record, best, cfg):
 
 
 def get_lr(it, cfg):
-    """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, min_lr after that."""
+    """
+    Linear warmup for warmup_iters, then down to min_lr at lr_decay_iters, min_lr after that. The way down is a
+    cosine (nanoGPT's), or with lr_schedule='trapezoid' learning_rate held, then a linear cooldown over the last
+    cooldown_frac of it (as the modded-nanogpt speedrun does).
+    """
     if not cfg.decay_lr:
         return cfg.learning_rate
     if it < cfg.warmup_iters:
@@ -403,17 +420,29 @@ def get_lr(it, cfg):
     if it > cfg.lr_decay_iters:
         return cfg.min_lr
     decay_ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # coeff ranges 0..1
+    if cfg.lr_schedule == 'trapezoid':
+        coeff = min(1.0, (1.0 - decay_ratio) / cfg.cooldown_frac)
+    else:
+        coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # coeff ranges 0..1
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
-def set_lr(optimizer, lr):
+def get_muon_momentum(it, cfg):
+    """Muon's momentum: from muon_momentum_start up to muon_momentum, linearly over muon_momentum_warmup_iters."""
+    if it >= cfg.muon_momentum_warmup_iters:
+        return cfg.muon_momentum
+    return cfg.muon_momentum_start + it / cfg.muon_momentum_warmup_iters * (cfg.muon_momentum - cfg.muon_momentum_start)
+
+
+def set_lr(optimizer, lr, muon_momentum=None):
     """
-    Every group follows the schedule: at lr, or at lr times the group's lr_scale (Muon's groups). Returns the rates
-    to log: {'lr': lr}, and Muon's as 'muon_lr' where there is one.
+    Every group follows the schedule: at lr, or at lr times the group's lr_scale (Muon's groups, which also take
+    muon_momentum when it is given). Returns the rates to log: {'lr': lr}, and Muon's as 'muon_lr' where there is one.
     """
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr * param_group.get('lr_scale', 1.0)
+        if muon_momentum is not None and 'lr_scale' in param_group:
+            param_group['momentum'] = muon_momentum
     scaled = [g['lr'] for g in optimizer.param_groups if 'lr_scale' in g]
     return {'lr': lr, **({'muon_lr': scaled[0]} if scaled else {})}
 
@@ -453,7 +482,10 @@ def init_model(cfg, data_vocab_size, owner=False):
     if cfg.init_from == 'scratch':
         model_args = {k: getattr(cfg, k) for k in MODEL_ARGS if k != 'vocab_size'}
         model_args['vocab_size'] = data_vocab_size or PADDED_VOCAB_SIZE
-        return GPT(GPTConfig(**model_args, dropout=cfg.dropout)), None
+        model = GPT(GPTConfig(**model_args, dropout=cfg.dropout))
+        if cfg.zero_init_proj:
+            zero_output_projections(model)
+        return model, None
     if cfg.init_from == 'resume':
         # the model's shape comes from the checkpoint; other settings may change on resume
         return load_model('resume', cfg.out_dir, purpose='resume', dropout=cfg.dropout, owner=owner)
@@ -463,6 +495,19 @@ def init_model(cfg, data_vocab_size, owner=False):
         return load_model(cfg.init_from, cfg.out_dir, dropout=cfg.dropout)
     raise UserError(f"unknown init_from '{cfg.init_from}'; use 'scratch', 'resume', one of "
                     f"{', '.join(GPT2_SIZES)}, or a Hugging Face model folder")
+
+
+@torch.no_grad()
+def zero_output_projections(model):
+    """
+    Zero the attention's and the MLP's c_proj weights (and biases): each block then starts as the identity and
+    learns what to add to the residual stream (the modded-nanogpt speedrun's initialisation).
+    """
+    for block in model.transformer.h:
+        for proj in (block.attn.c_proj, block.mlp.c_proj):
+            proj.weight.zero_()
+            if proj.bias is not None:
+                proj.bias.zero_()
 
 
 def fit_model(model, checkpoint, cfg, data_vocab_size):

@@ -31,7 +31,7 @@ def test_resume_continues_exactly(char_data, monkeypatch):
 
 @pytest.mark.parametrize('ns_dtype', ['float32', 'bfloat16'])
 def test_muon_resume_continues_exactly_and_keeps_its_optimizer(char_data, monkeypatch, ns_dtype):
-    """As with AdamW: 2N iterations in one run equal N, then a resume to 2N, bit for bit, in each Newton-Schulz dtype."""
+    """As with AdamW: 2N iterations in one run equal N, then a resume to 2N, bit for bit, either Newton-Schulz dtype."""
     monkeypatch.chdir(char_data)
     muon = dict(optimizer='muon', muon_lr=0.02, muon_ns_dtype=ns_dtype)
     straight = train.train(tiny_cfg(char_data, max_iters=8, out_dir='straight', **muon))['model']

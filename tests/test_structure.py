@@ -4,6 +4,8 @@ import ast
 import glob
 import os
 
+import pytest
+
 from helpers import REPO
 
 MODULES = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(REPO, '*.py')))
@@ -104,3 +106,44 @@ def test_the_scripts_functions_fit_on_a_screen():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
                 assert length <= 80, f"{script}: {node.name} is {length} lines"
+
+
+def test_the_scripts_import_common_before_torch():
+    """
+    common sets OMP_WAIT_POLICY, which torch's OpenMP reads once, as torch is imported: a script that loads torch
+    (itself, or through another module of the project) before common would run with OpenMP's spinning threads.
+    """
+    scripts = []
+    for name in MODULES:
+        with open(os.path.join(REPO, f'{name}.py'), encoding='utf-8') as f:
+            tree = ast.parse(f.read())
+        top = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+        modules = [(node.names[0].name if isinstance(node, ast.Import) else node.module).split('.')[0] for node in top]
+        if 'torch' not in modules or "'__main__'" not in ast.unparse(tree):
+            continue
+        scripts.append(name)
+        first = next(m for m in modules if m in set(MODULES) | {'torch', 'numpy'})
+        assert first == 'common', f"{name}.py imports {first} before common"
+    assert {'train', 'sample', 'bench'} <= set(scripts)
+
+
+@pytest.mark.slow
+def test_torch_sees_the_passive_wait_policy():
+    """The policy is in the environment when train.py's import of torch loads OpenMP, and a user's own is kept."""
+    import subprocess
+    import sys
+    hook = ("import os, sys\n"
+            "class Hook:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch':\n"
+            "            print(os.environ.get('OMP_WAIT_POLICY'))\n"
+            "            sys.meta_path.remove(self)\n"
+            "sys.meta_path.insert(0, Hook())\n"
+            "import train\n")
+    for policy, seen in ((None, 'PASSIVE'), ('active', 'active')):
+        env = {k: v for k, v in os.environ.items() if k != 'OMP_WAIT_POLICY'}
+        if policy:
+            env['OMP_WAIT_POLICY'] = policy
+        out = subprocess.run([sys.executable, '-c', hook], cwd=REPO, env=env, capture_output=True, text=True,
+                             check=True).stdout
+        assert out.splitlines()[0] == seen

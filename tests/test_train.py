@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import optim
 import train
 from checkpoint import load_checkpoint
 from common import Runtime
@@ -18,7 +19,8 @@ from model import GPT
 
 
 def lr_cfg(**kw):
-    args = dict(decay_lr=True, learning_rate=6e-4, min_lr=6e-5, warmup_iters=100, lr_decay_iters=1000)
+    args = dict(decay_lr=True, learning_rate=6e-4, min_lr=6e-5, warmup_iters=100, lr_decay_iters=1000,
+                lr_schedule='cosine', cooldown_frac=0.5)
     args.update(kw)
     return SimpleNamespace(**args)
 
@@ -35,6 +37,47 @@ def test_lr_schedule():
     lrs = [train.get_lr(i, cfg) for i in range(100, 1001)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
     assert train.get_lr(7, lr_cfg(decay_lr=False)) == 6e-4
+
+
+def test_trapezoid_schedule_holds_then_cools_down_linearly():
+    cfg = lr_cfg(lr_schedule='trapezoid', cooldown_frac=0.4, warmup_iters=0)
+    assert train.get_lr(0, cfg) == 6e-4  # no warmup: the peak at once
+    assert train.get_lr(600, cfg) == 6e-4  # held for the first 60%
+    assert train.get_lr(800, cfg) == pytest.approx((6e-4 + 6e-5) / 2)  # half way down the cooldown
+    assert train.get_lr(1000, cfg) == pytest.approx(6e-5) and train.get_lr(1500, cfg) == 6e-5
+    lrs = [train.get_lr(i, cfg) for i in range(600, 1001)]
+    assert all(a - b == pytest.approx((6e-4 - 6e-5) / 400) for a, b in zip(lrs, lrs[1:]))  # a straight line
+    warm = lr_cfg(lr_schedule='trapezoid', cooldown_frac=1.0)  # all of the decay a line, after nanoGPT's warmup
+    assert train.get_lr(50, warm) == train.get_lr(50, lr_cfg())
+    assert train.get_lr(550, warm) == pytest.approx((6e-4 + 6e-5) / 2)
+
+
+def test_muon_momentum_warms_up_and_only_muon_takes_it():
+    cfg = SimpleNamespace(muon_momentum=0.95, muon_momentum_start=0.85, muon_momentum_warmup_iters=300)
+    assert [train.get_muon_momentum(i, cfg) for i in (0, 150, 300, 1000)] == pytest.approx([0.85, 0.9, 0.95, 0.95])
+    cfg.muon_momentum_warmup_iters = 0  # the default: muon_momentum throughout
+    assert train.get_muon_momentum(0, cfg) == 0.95
+    optimizer = optim.configure_optimizer(tiny_model(), muon_cfg(muon_ns_steps=3), 'cpu')
+    train.set_lr(optimizer, 1e-3, 0.9)
+    muon, adamw = optimizer.optimizers['muon'], optimizer.optimizers['adamw']
+    assert muon.param_groups[0]['momentum'] == 0.9 and muon.param_groups[0]['ns_steps'] == 3
+    assert all('momentum' not in g for g in adamw.param_groups)
+
+
+def test_zero_init_proj_starts_each_block_as_the_identity():
+    """Only the c_proj weights change (the rest is nanoGPT's init, from the same seed); the blocks add nothing."""
+    cfg = SimpleNamespace(**{**train.DEFAULTS, 'n_layer': 2, 'n_head': 2, 'n_embd': 32, 'block_size': 16,
+                             'bias': True})
+    torch.manual_seed(0)
+    plain = train.init_model(cfg, 50)[0]
+    torch.manual_seed(0)
+    zeroed = train.init_model(SimpleNamespace(**{**vars(cfg), 'zero_init_proj': True}), 50)[0]
+    changed = {k for k, v in plain.state_dict().items() if not torch.equal(v, zeroed.state_dict()[k])}
+    assert changed == {f'transformer.h.{i}.{m}.c_proj.weight' for i in range(2) for m in ('attn', 'mlp')}
+    idx = torch.randint(0, 50, (2, 16))
+    x = zeroed.transformer.wte(idx) + zeroed.transformer.wpe(torch.arange(16))
+    logits = zeroed(idx, idx)[0]
+    assert torch.allclose(logits, zeroed.lm_head(zeroed.transformer.ln_f(x)), atol=1e-6)
 
 
 def test_train_in_process_saves_final_weights(char_data, monkeypatch):
@@ -335,6 +378,12 @@ def test_optimizer_setting_is_checked():
         train.check_settings(muon_cfg(lora_rank=4))
     with pytest.raises(ConfigError, match="muon_ns_dtype='float16' is not one of 'auto', 'float32', 'bfloat16'"):
         train.check_settings(muon_cfg(muon_ns_dtype='float16'))
+    with pytest.raises(ConfigError, match="muon_ns_steps=0 must be at least 1"):
+        train.check_settings(muon_cfg(muon_ns_steps=0))
+    with pytest.raises(ConfigError, match=r"cooldown_frac=0.0 must be in \(0, 1\]"):
+        train.check_settings(muon_cfg(cooldown_frac=0.0))
+    with pytest.raises(ConfigError, match="lr_schedule='linear' is not one of 'cosine', 'trapezoid'"):
+        train.check_settings(muon_cfg(lr_schedule='linear'))
 
 
 def test_the_readme_train_commands_parse(monkeypatch):
