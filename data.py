@@ -259,6 +259,10 @@ class DatasetFiles:
         self.open(name).write(ids.astype(np.uint16).tobytes())
         return len(ids)
 
+    def write_mask(self, name, mask):
+        """Append a loss mask (one uint8 per token, 1 where it is learnt) to name."""
+        self.open(name).write(np.asarray(mask, dtype=np.uint8).tobytes())
+
     def write_meta(self, meta):
         pickle.dump(meta, self.open('meta.pkl'))
 
@@ -433,21 +437,33 @@ def prepare_command(data_dir, again=False):
 
 def data_files(data_dir, split):
     """
-    A split's token files as (path, byte offset of the tokens, number of tokens): nanoGPT's one headerless
-    '{split}.bin' where there is one, else every llm.c shard named '*{split}*.bin' (e.g. FineWeb's
-    fineweb_val_000000.bin), in name order, each header checked against its file.
+    A split's token files as (path, byte offset of the tokens, number of tokens, loss mask): nanoGPT's one
+    headerless '{split}.bin' where there is one, else every llm.c shard named '*{split}*.bin' (e.g. FineWeb's
+    fineweb_val_000000.bin), in name order, each header checked against its file. The loss mask is the path of
+    '{split}_mask.bin' beside '{split}.bin' in a dataset of conversations (data/prepare_text.py --format=chat:
+    one uint8 per token, 1 where the token is learnt), else None.
     """
     path = os.path.join(data_dir, f'{split}.bin')
     if os.path.isfile(path):
         if os.path.getsize(path) % 2:
             raise UserError(f"'{path}' has an odd number of bytes, so it is not whole uint16 tokens (cut short, or "
                             f"not a token file); run `{prepare_command(data_dir, again=True)}` again")
-        return [(path, 0, os.path.getsize(path) // 2)]
-    shards = sorted(glob.glob(os.path.join(data_dir, f'*{split}*.bin')))
+        n = os.path.getsize(path) // 2
+        mask = os.path.join(data_dir, f'{split}_mask.bin')
+        if not os.path.isfile(mask):
+            mask = None
+        elif os.path.getsize(mask) != n:
+            raise UserError(f"'{mask}' has {os.path.getsize(mask):,} entries for the {n:,} tokens of '{path}'; "
+                            f"run `{prepare_command(data_dir, again=True)}` again")
+        return [(path, 0, n, mask)]
+    shards = sorted(p for p in glob.glob(os.path.join(data_dir, f'*{split}*.bin')) if not p.endswith('_mask.bin'))
     if not shards:
         raise UserError(f"no {split} data in '{data_dir}' ({split}.bin or *{split}*.bin shards); run "
                         f"`{prepare_command(data_dir)}` first")
-    return [(shard, SHARD_HEADER_BYTES, read_shard_header(shard)) for shard in shards]
+    return [(shard, SHARD_HEADER_BYTES, read_shard_header(shard), None) for shard in shards]
+
+
+MAX_DRAWS = 100  # draws of a batch in which no target is learnt (see get_batch) before giving up
 
 
 def get_batch(files, batch_size, block_size, *key, device='cpu', vocab_size=None):
@@ -457,22 +473,25 @@ def get_batch(files, batch_size, block_size, *key, device='cpu', vocab_size=None
     equally likely, so files are drawn in proportion to their length, and a window never crosses two files.
     The windows are a function of key (seed, purpose, ...) alone. A token id at or above vocab_size (the
     model's) is a UserError: the data was made for another vocabulary.
+
+    Where a file has a loss mask (conversations), the targets it does not learn are -1, the index the loss ignores
+    (F.cross_entropy's ignore_index=-1, as nanoGPT's model.py has it): the loss is the mean over the assistant's
+    tokens. A batch with no learnt target at all, whose mean would be 0/0, is drawn again.
     """
     import torch  # here, not at the top: the prepare scripts that import this module need none of it
     if isinstance(files, str):
-        files = [(files, 0, os.path.getsize(files) // 2)]
-    starts = np.array([max(0, n - block_size) for _, _, n in files])  # the window starts in each file
+        files = [(files, 0, os.path.getsize(files) // 2, None)]
+    starts = np.array([max(0, n - block_size) for _, _, n, _ in files])  # the window starts in each file
     if starts.sum() == 0:
         raise UserError(f"'{files[0][0]}' has {files[0][2]} tokens, too few for block_size {block_size}")
-    # one draw over the starts of all files, then mapped to (file, offset): with one file this is just the offset
-    ix = np.random.default_rng(key).integers(0, starts.sum(), size=batch_size)
-    ends = np.cumsum(starts)
-    which = np.searchsorted(ends, ix, side='right')
-    ix = ix - (ends - starts)[which]
-    # fresh memmaps per batch keep resident memory flat over long runs
-    data = {f: np.memmap(files[f][0], dtype=np.uint16, mode='r', offset=files[f][1], shape=(files[f][2],))
-            for f in set(which.tolist())}
-    windows = np.stack([data[f][i:i + block_size + 1] for f, i in zip(which, ix)])
+    rng = np.random.default_rng(key)
+    for _ in range(MAX_DRAWS):
+        windows, learnt, which = draw_windows(files, starts, batch_size, block_size, rng)
+        if learnt is None or learnt.any():
+            break
+    else:
+        raise UserError(f"'{files[0][3]}' marks no token to learn in {MAX_DRAWS} batches: its conversations have "
+                        f"no assistant message within block_size {block_size}; prepare the data again")
     if vocab_size is not None and windows.max() >= vocab_size:
         bad = int(np.argmax(windows.max(axis=1) >= vocab_size))
         raise UserError(f"'{files[which[bad]][0]}' holds token id {windows[bad].max()}, outside the model's "
@@ -480,7 +499,31 @@ def get_batch(files, batch_size, block_size, *key, device='cpu', vocab_size=None
                         f"model was trained on, or prepare this one again")
     xy = torch.from_numpy(windows.astype(np.int64))
     x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
+    if learnt is not None:
+        y[torch.from_numpy(~learnt)] = -1
     if torch.device(device).type == 'cuda':
         # pinned host memory lets the copy to the GPU run asynchronously, overlapping compute
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
+
+
+def draw_windows(files, starts, batch_size, block_size, rng):
+    """
+    get_batch's draw: the windows (batch_size, block_size+1), whether each target (the window's tokens after its
+    first) is learnt (batch_size, block_size), or None where no file has a loss mask, and each window's file.
+    """
+    # one draw over the starts of all files, then mapped to (file, offset): with one file this is just the offset
+    ix = rng.integers(0, starts.sum(), size=batch_size)
+    ends = np.cumsum(starts)
+    which = np.searchsorted(ends, ix, side='right')
+    ix = ix - (ends - starts)[which]
+    # fresh memmaps per batch keep resident memory flat over long runs
+    data = {f: np.memmap(files[f][0], dtype=np.uint16, mode='r', offset=files[f][1], shape=(files[f][2],))
+            for f in set(which.tolist())}
+    windows = np.stack([data[f][i:i + block_size + 1] for f, i in zip(which, ix)])
+    if all(files[f][3] is None for f in set(which.tolist())):
+        return windows, None, which
+    masks = {f: np.memmap(files[f][3], dtype=np.uint8, mode='r') for f in set(which.tolist()) if files[f][3]}
+    learnt = np.stack([masks[f][i + 1:i + block_size + 1] != 0 if f in masks else np.ones(block_size, dtype=bool)
+                       for f, i in zip(which, ix)])
+    return windows, learnt, which

@@ -688,7 +688,7 @@ def run_header(cfg, rt, raw_model, model, files, tokens_per_iter, iter_num, best
     """The lines a run starts with: the model, the machine, the data, the batch, where it writes, where it starts."""
     c = raw_model.config
     compiled = hasattr(getattr(model, 'module', model), '_orig_mod')  # torch.compile's wrapper, maybe in DDP's
-    tokens = {split: sum(n for _, _, n in split_files) for split, split_files in files.items()}
+    tokens = {split: sum(n for _, _, n, _ in split_files) for split, split_files in files.items()}
     processes = f", {rt.world_size} processes" if rt.ddp else ''
     start = (f"resuming from iteration {iter_num}, best val loss {best[0]:.4f}" if iter_num
              else "starting at iteration 0")

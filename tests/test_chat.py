@@ -1,10 +1,17 @@
 """The chat template (data.py): a conversation as token ids and a loss mask, checked on hand-written conversations."""
 
+import json
+import os
+import sys
+
+import numpy as np
 import pytest
 
 from common import UserError
-from data import CHAT_TOKENS, chat_ids, check_conversation, render_conversation, render_prompt
-from helpers import needs_tiktoken_cache
+from configurator import parse_config
+from data import (CHAT_TOKENS, chat_ids, check_conversation, dataset_tokenizer, load_meta, render_conversation,
+                  render_prompt)
+from helpers import checksums, load_script, needs_tiktoken_cache, run_in_process
 from sample import get_codec
 
 # characters h, i, o (ids 0, 1, 2), then the chat tokens: <|bos|> 3, <|system|> 4, <|user|> 5, <|assistant|> 6,
@@ -88,3 +95,132 @@ def test_a_prompt_ends_with_the_users_message():
     for messages in (CONVERSATION[:1], CONVERSATION[:3]):
         with pytest.raises(UserError, match="must end with a user message"):
             render_prompt(messages, get_codec(CHAR)[0], CHAR['chat'])
+
+
+# -----------------------------------------------------------------------------
+# data/prepare_text.py --format=chat: tokens and loss masks, checked against the renderer and the tokenizers
+
+pt = load_script('data/prepare_text.py', 'prepare_text')
+
+CHATS = [
+    [{'role': 'system', 'content': 'You add.'}, {'role': 'user', 'content': 'What is 2 + 3?'},
+     {'role': 'assistant', 'content': '5'}],
+    [{'role': 'user', 'content': 'Reverse the word cat.'}, {'role': 'assistant', 'content': 'tac'},
+     {'role': 'user', 'content': 'And dog?'}, {'role': 'assistant', 'content': 'god'}],
+    [{'role': 'user', 'content': 'What is 10 + 7?'}, {'role': 'assistant', 'content': 'It is 17.'}],
+]
+
+
+def write_chats(path, conversations):
+    path.write_text(''.join(json.dumps({'messages': m}) + '\n' for m in conversations), encoding='utf-8')
+
+
+def prepare_chats(root, conversations, *args):
+    """prepare_text --format=chat of conversations written to root/chats.jsonl, into root/data/chats."""
+    write_chats(root / 'chats.jsonl', conversations)
+    argv = ['--format=chat', f'--input={root / "chats.jsonl"}', '--dataset=chats', '--val_fraction=0.34', *args]
+    return pt.prepare_text(parse_config(pt.DEFAULTS, argv, pt.TYPES), str(root / 'data'))
+
+
+def split_of(root, split):
+    """A split's tokens and loss mask as lists."""
+    folder = root / 'data' / 'chats'
+    tokens, mask = (np.fromfile(folder / f'{split}.bin', dtype=np.uint16).tolist(),
+                    np.fromfile(folder / f'{split}_mask.bin', dtype=np.uint8).tolist())
+    assert len(tokens) == len(mask)
+    return tokens, mask
+
+
+def rendered(conversations, tokenizer):
+    """The conversations rendered one after another: what the dataset should hold."""
+    encode = get_codec(tokenizer)[0]
+    ids, mask = [], []
+    for messages in conversations:
+        i, m = render_conversation(messages, encode, tokenizer['chat'])
+        ids, mask = ids + i, mask + m
+    return ids, mask
+
+
+@pytest.mark.parametrize('tokenizer', ['char', 'gpt2', 'bpe'])
+def test_prepared_conversations_are_the_rendered_ones_with_their_masks(tmp_path, tokenizer):
+    if tokenizer == 'gpt2':
+        needs_tiktoken_cache()
+    prepare_chats(tmp_path, CHATS, f'--tokenizer={tokenizer}', '--vocab_size=300')
+    tok = dataset_tokenizer(str(tmp_path / 'data' / 'chats'))
+    assert tok['kind'] == tokenizer and set(tok['chat']) == set(CHAT_TOKENS)
+    # val: 1 of the 3 conversations, evenly spread and the last among them
+    assert split_of(tmp_path, 'train') == rendered(CHATS[:2], tok)
+    assert split_of(tmp_path, 'val') == rendered(CHATS[2:], tok)
+    meta = load_meta(str(tmp_path / 'data' / 'chats' / 'meta.pkl'))
+    assert meta['chat'] == tok['chat'] and max(tok['chat'].values()) < meta['vocab_size']
+    if tokenizer == 'char':  # the characters, then the chat tokens as entries of their own (nanoGPT's itos)
+        chars = sorted(set(''.join(m['content'] for c in CHATS for m in c)))
+        assert [meta['itos'][i] for i in range(meta['vocab_size'])] == chars + list(CHAT_TOKENS)
+        assert tok['chat'] == chat_ids(len(chars))
+    if tokenizer == 'gpt2':
+        assert tok['chat'] == chat_ids(50257) and meta['vocab_size'] == 50304
+    if tokenizer == 'bpe':  # real special tokens of the BPE: the tokenizers library reads the template's text
+        from tokenizers import Tokenizer
+        bpe = Tokenizer.from_file(str(tmp_path / 'data' / 'chats' / 'tokenizer.json'))
+        text = get_codec(tok)[1](split_of(tmp_path, 'val')[0])
+        assert bpe.encode(text).ids == split_of(tmp_path, 'val')[0]
+
+
+def test_conversations_longer_than_the_context_are_cut_or_dropped_and_counted(tmp_path, capsys):
+    long_reply = [{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'o' * 40}]
+    two_turns = CHATS[1][:2] + [{'role': 'user', 'content': 'And a long one?'},
+                                {'role': 'assistant', 'content': 'o' * 40}]
+    prepare_chats(tmp_path, [CHATS[0], long_reply, CHATS[2], two_turns, CHATS[0]], '--block_size=40',
+                  '--val_fraction=0.2')
+    out = capsys.readouterr().out
+    assert ("note: 2 conversations longer than block_size=40 tokens (the first at "
+            f"{tmp_path / 'chats.jsonl'}:2): 1 cut after the last assistant message that fits, 1 dropped") in out
+    tok = dataset_tokenizer(str(tmp_path / 'data' / 'chats'))
+    # the last of the 5 is val; the long reply is dropped, the two turns cut after the first reply
+    assert split_of(tmp_path, 'train') == rendered([CHATS[0], CHATS[2], CHATS[1][:2]], tok)
+    assert split_of(tmp_path, 'val') == rendered([CHATS[0]], tok)
+
+
+BAD_CHATS = {
+    'not json': (b'{"messages": []\n', ":1: not JSON"),
+    'no messages': (b'{"text": "hi"}\n', ":1: no 'messages'"),
+    'unknown role': (b'{"messages": [{"role": "bot", "content": "hi"}]}\n', ":1: message 1 has the unknown role 'bot'"),
+    'roles that do not alternate': (
+        b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+        b'{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}\n',
+        ":2: the roles do not alternate: message 2 is user's where assistant's should be"),
+    'empty conversation': (b'{"messages": []}\n', ":1: an empty conversation"),
+    'no reply': (b'{"messages": [{"role": "user", "content": "a"}]}\n', ":1: the conversation has no assistant"),
+    'a special token as text': (b'{"messages": [{"role": "user", "content": "<|endoftext|>"}]}\n',
+                                ":1: message 1 holds the special token <|endoftext|> as text"),
+    'not jsonl': (None, "is not a .jsonl file; format=chat reads conversations"),
+    'nothing fits': ((b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "'
+                      + b'o' * 50 + b'"}]}\n') * 3, ":1): 0 cut after the last assistant message that fits, 3 dropped"),
+}
+
+
+@pytest.mark.parametrize('case', BAD_CHATS)
+def test_bad_conversations_are_one_line_naming_file_and_line_and_write_nothing(tmp_path, monkeypatch, case):
+    monkeypatch.setitem(sys.modules, 'prepare_text', pt)  # for run_in_process
+    content, message = BAD_CHATS[case]
+    name = 'chats.txt' if content is None else 'chats.jsonl'
+    (tmp_path / name).write_bytes(content or b'hi')
+    # an older dataset in the folder stays as it was
+    write_chats(tmp_path / 'old.jsonl', CHATS)
+    run_in_process('prepare_text.py', '--format=chat', '--input=old.jsonl', '--dataset=mine', '--val_fraction=0.34',
+                   cwd=tmp_path)
+    before = checksums(tmp_path / 'data')
+    r = run_in_process('prepare_text.py', '--format=chat', f'--input={name}', '--dataset=mine', '--overwrite=True',
+                       '--block_size=20', cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.count('\n') == 1 and r.stderr.startswith('error: '), r.stderr
+    assert message in r.stderr and (content is None or 'chats.jsonl:' in r.stderr)
+    assert checksums(tmp_path / 'data') == before
+
+
+def test_a_dataset_prepared_again_as_text_loses_its_masks(tmp_path):
+    prepare_chats(tmp_path, CHATS)
+    (tmp_path / 'a.txt').write_text('plain text ' * 20)
+    pt.prepare_text(parse_config(pt.DEFAULTS, [f'--input={tmp_path / "a.txt"}', '--dataset=chats',
+                                               '--overwrite=True'], pt.TYPES), str(tmp_path / 'data'))
+    assert sorted(os.listdir(tmp_path / 'data' / 'chats')) == ['meta.pkl', 'train.bin', 'val.bin']
+    assert 'chat' not in dataset_tokenizer(str(tmp_path / 'data' / 'chats'))
