@@ -2,16 +2,19 @@
 
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 
+import chat
 from common import UserError
 from configurator import parse_config
 from data import (CHAT_TOKENS, chat_ids, check_conversation, dataset_tokenizer, load_meta, render_conversation,
                   render_prompt)
-from helpers import checksums, load_script, needs_tiktoken_cache, run_in_process
+from helpers import REPO, checksums, load_script, needs_tiktoken_cache, run_in_process, run_script, tiny_model
 from sample import get_codec
 
 # characters h, i, o (ids 0, 1, 2), then the chat tokens: <|bos|> 3, <|system|> 4, <|user|> 5, <|assistant|> 6,
@@ -224,3 +227,130 @@ def test_a_dataset_prepared_again_as_text_loses_its_masks(tmp_path):
                                                '--overwrite=True'], pt.TYPES), str(tmp_path / 'data'))
     assert sorted(os.listdir(tmp_path / 'data' / 'chats')) == ['meta.pkl', 'train.bin', 'val.bin']
     assert 'chat' not in dataset_tokenizer(str(tmp_path / 'data' / 'chats'))
+
+
+# -----------------------------------------------------------------------------
+# chat.py: replies from the KV cache of the conversation, checked against uncached generation
+
+CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+?.!,'"))
+TOKENIZER = {'kind': 'char', 'chars': CHARS + list(CHAT_TOKENS), 'chat': chat_ids(len(CHARS))}
+END_ID = TOKENIZER['chat']['<|end|>']
+
+
+def chat_model(seed=0, block_size=128):
+    """A random tiny model for TOKENIZER, whose chat tokens' rows are small: it rarely ends a reply at once."""
+    model = tiny_model(seed, vocab_size=len(TOKENIZER['chars']), block_size=block_size)
+    with torch.no_grad():
+        model.transformer.wte.weight[len(CHARS):] *= 0.1
+    return model
+
+
+def uncached_reply(model, messages, max_new_tokens):
+    """
+    nanoGPT's way: the whole conversation through the model for every token, greedy, up to <|end|> or another chat
+    token (which would start another turn).
+    """
+    encode, decode = get_codec(TOKENIZER)
+    ids = render_prompt(messages, encode, TOKENIZER['chat'])
+    out = model.generate(torch.tensor([ids]), max_new_tokens, temperature=0, stop_token=END_ID,
+                         use_kv_cache=False)[0, len(ids):].tolist()
+    stop = next((i for i, t in enumerate(out) if t in TOKENIZER['chat'].values()), len(out))
+    return decode(out[:stop])
+
+
+def test_cached_multi_turn_replies_equal_uncached_ones_and_run_only_new_tokens(monkeypatch):
+    model = chat_model()
+    session = chat.Chat(model, TOKENIZER, system='Be brief.')
+    fed = []
+    prefill = model.prefill
+    monkeypatch.setattr(model, 'prefill', lambda idx, caches, start=0: fed.append((start, idx.size(1))) or
+                        prefill(idx, caches, start))
+    messages = [{'role': 'system', 'content': 'Be brief.'}]
+    for text in ['What is 2 + 3?', 'Reverse the word cat.', 'Thanks!', 'And 40 + 2?']:
+        cached_before = len(session.cached)
+        reply = ''.join(session.decode([t]) for t in session.reply_tokens(text, 12, temperature=0))
+        messages.append({'role': 'user', 'content': text})
+        assert reply == uncached_reply(model, messages, 12)
+        messages.append({'role': 'assistant', 'content': reply})
+        # the new turn's tokens only: the last reply's <|end|>, then <|user|>, the text, <|end|> and <|assistant|>
+        start, n = fed[-1]
+        assert start == cached_before and n == (1 if cached_before else 3 + len('Be brief.')) + len(text) + 3
+    assert session.messages == messages[1:]
+
+
+def test_the_oldest_turns_leave_a_conversation_that_outgrows_the_context():
+    model = chat_model(block_size=64)
+    notices = []
+    session = chat.Chat(model, TOKENIZER, system='Hi.', notice=notices.append)
+    messages = []
+    for text in ['What is 12 + 34?', 'What is 56 + 78?', 'Reverse the word house.', 'And cat?']:
+        reply = ''.join(session.decode([t]) for t in session.reply_tokens(text, 8, temperature=0))
+        messages += [{'role': 'user', 'content': text}, {'role': 'assistant', 'content': reply}]
+        kept = messages[len(messages) - len(session.messages):]
+        assert session.messages == kept  # the newest turns, whole
+        reference = [{'role': 'system', 'content': 'Hi.'}] + kept[:-1]
+        assert reply == uncached_reply(model, reference, 8)
+    assert len(session.messages) < len(messages)
+    assert notices and "outgrew the model's context of 64 tokens" in notices[0]
+
+
+def test_a_reply_stops_at_end_of_turn():
+    model = chat_model()
+    with torch.no_grad():  # every position's logits favour <|end|>: the final norm's output is <|end|>'s embedding
+        model.transformer.wte.weight[END_ID] = torch.randn(model.config.n_embd)
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(model.transformer.wte.weight[END_ID])
+    session = chat.Chat(model, TOKENIZER)
+    assert list(session.reply_tokens('Hi', 20, temperature=0)) == []
+    assert session.messages[-1] == {'role': 'assistant', 'content': ''}
+    assert session.cached[-1] == TOKENIZER['chat']['<|assistant|>']  # <|end|> itself is run with the next turn
+
+
+@pytest.fixture
+def chat_ckpt(tmp_path, monkeypatch):
+    """A random chat model saved as out/ckpt.pt (its tokenizer with the chat tokens), with tmp_path as cwd."""
+    from checkpoint import save_checkpoint
+    monkeypatch.chdir(tmp_path)
+    model = chat_model()
+    model_args = {k: getattr(model.config, k) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias',
+                                                         'vocab_size')}
+    os.makedirs('out')
+    save_checkpoint({'model': model.state_dict(), 'model_args': model_args, 'tokenizer': TOKENIZER},
+                    os.path.join('out', 'ckpt.pt'))
+    return model
+
+
+def test_one_shot_prints_the_reply_alone(chat_ckpt, tmp_path):
+    r = run_script('chat.py', '--out_dir=out', '--prompt=What is 2 + 3?', '--temperature=0', '--max_new_tokens=10',
+                   '--device=cpu', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == uncached_reply(chat_ckpt, [{'role': 'user', 'content': 'What is 2 + 3?'}], 10) + '\n'
+
+
+def test_interactive_keeps_the_history_until_clear(chat_ckpt, tmp_path):
+    lines = ['Hi', 'What is 2 + 3?', '/clear', 'What is 2 + 3?', '', '/quit', 'never read']
+    r = subprocess.run([sys.executable, os.path.join(REPO, 'chat.py'), '--out_dir=out', '--temperature=0',
+                        '--max_new_tokens=6', '--device=cpu', '--system=Be brief.'], cwd=tmp_path,
+                       input='\n'.join(lines) + '\n', capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    system = [{'role': 'system', 'content': 'Be brief.'}]
+    first = uncached_reply(chat_ckpt, system + [{'role': 'user', 'content': 'Hi'}], 6)
+    second = uncached_reply(chat_ckpt, system + [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content':
+                                                 first}, {'role': 'user', 'content': 'What is 2 + 3?'}], 6)
+    fresh = uncached_reply(chat_ckpt, system + [{'role': 'user', 'content': 'What is 2 + 3?'}], 6)
+    assert r.stdout.splitlines()[1:] == [f'> {first}', f'> {second}', '> (a new conversation)', f'> {fresh}',
+                                         '> > ']
+    assert second != fresh  # the history mattered
+
+
+def test_characters_the_model_lacks_are_said_and_the_chat_goes_on(chat_ckpt, tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(REPO, 'chat.py'), '--out_dir=out', '--device=cpu',
+                        '--max_new_tokens=3'], cwd=tmp_path, input='héllo\nhi\n', capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "error: the prompt has characters the model's vocabulary lacks: 'é'" in r.stdout
+
+
+def test_a_model_without_chat_tokens_is_one_line(char_ckpt):
+    r = run_in_process('chat.py', '--out_dir=out', '--prompt=hi', '--device=cpu', cwd='.')
+    assert r.returncode == 1 and r.stderr.count('\n') == 1
+    assert 'was not trained on conversations' in r.stderr
