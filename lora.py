@@ -65,10 +65,12 @@ def lora_target_names(cfg):
     return tuple(t.strip() for t in cfg.lora_targets.split(',') if t.strip())
 
 
-def init_lora(model, checkpoint, cfg):
+def init_lora(model, checkpoint, cfg, train_embedding=False):
     """
     With lora_rank > 0, freeze the model and give the lora_targets layers trainable adapters (LoRA). A resumed
     run keeps its LoRA settings, and gets back its exact base weights and adapters from the checkpoint's 'lora'.
+    With train_embedding (a dataset of conversations) the token embedding trains too, as peft's modules_to_save
+    would: the chat tokens' rows are new, and frozen they would stay alike.
     """
     settings = dict(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=list(lora_target_names(cfg)))
     saved = (checkpoint or {}).get('lora')
@@ -82,8 +84,10 @@ def init_lora(model, checkpoint, cfg):
     add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, settings['targets'])
     if saved:
         model.load_state_dict({**checkpoint['model'], **saved['weights']})
+    model.transformer.wte.weight.requires_grad_(train_embedding)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print0(f"LoRA: training {trainable:,} of {model.get_num_params(False):,} parameters (the adapters)")
+    what = 'the adapters, and the token embedding for the chat tokens' if train_embedding else 'the adapters'
+    print0(f"LoRA: training {trainable:,} of {model.get_num_params(False):,} parameters ({what})")
 
 
 def lora_checkpoint(state_dict, cfg):

@@ -29,6 +29,7 @@ from contextlib import ExitStack, suppress
 
 import numpy as np
 import torch
+import torch.nn as nn
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -37,8 +38,8 @@ from checkpoint import (BEST, LAST, LOG, MODEL_ARGS, checkpoint_name, checkpoint
 from common import (UserError, all_or_none, compile_blocker, device_peak_flops, dist_env, local_rank0_first, print0,
                     return_freed_memory, run_main, setup, teardown, threads_text)
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
-from data import (DROPOUT, EVAL_BATCH, PROJECT_DIR, SPLITS, TRAIN_BATCH, data_files, dataset_tokenizer, get_batch,
-                  meta_vocab_size, prepare_small_dataset)
+from data import (DROPOUT, EVAL_BATCH, PROJECT_DIR, SPLITS, TRAIN_BATCH, data_files, dataset_tokenizer,
+                  find_tokenizer, get_batch, meta_vocab_size, prepare_small_dataset)
 from lora import LORA_TARGETS, init_lora, lora_checkpoint, lora_target_names
 from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig
 from optim import configure_optimizer
@@ -52,7 +53,7 @@ log_interval = 1
 eval_iters = 200
 eval_only = False  # if True, script exits right after the first eval
 always_save_checkpoint = True  # if True, always save a checkpoint after each eval
-init_from = 'scratch'  # 'scratch', 'resume', 'gpt2'..'gpt2-xl', or a Hugging Face GPT-2 folder
+init_from = 'scratch'  # 'scratch', 'resume', 'gpt2'..'gpt2-xl', a Hugging Face GPT-2 folder, or a run's out_dir
 overwrite = False  # a new run may replace the run already in out_dir (deleting its checkpoints and log)
 eval_hellaswag = False  # also score HellaSwag (see hellaswag.py) at each eval; needs a GPT-2 BPE model
 hellaswag_examples = None  # score only the first N of its 10,042 examples at each eval; None: all
@@ -148,17 +149,17 @@ def start_run(cfg, rt):
     """
     data_dir = os.path.join('data', cfg.dataset)
     local_rank0_first(rt, lambda: prepare_small_dataset(cfg.dataset, data_dir))  # one process per node prepares
-    data_vocab_size = meta_vocab_size(data_dir)
+    data_vocab_size, data_tokenizer = meta_vocab_size(data_dir), dataset_tokenizer(data_dir)
     if rt.ddp and cfg.init_from in GPT2_SIZES:
         import hf  # one process per node downloads OpenAI's weights into the cache while the others wait
         local_rank0_first(rt, lambda: hf.gpt2_safetensors(cfg.init_from))
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
-    raw_model, checkpoint = init_model(cfg, data_vocab_size)
+    raw_model, checkpoint = init_model(cfg, data_vocab_size, data_tokenizer)
     fit_model(raw_model, checkpoint, cfg, data_vocab_size)
     if checkpoint is not None:
         check_resume(cfg, checkpoint)
-    files = {split: data_files(data_dir, split) for split in SPLITS}
-    init_lora(raw_model, checkpoint, cfg)
+    files = {split: data_files(data_dir, split) for split in SPLITS}  # with the loss masks of conversations
+    init_lora(raw_model, checkpoint, cfg, train_embedding='chat' in data_tokenizer)
     raw_model.gradient_checkpointing = cfg.gradient_checkpointing
     raw_model.to(rt.device)
     hellaswag_set = load_hellaswag(cfg, raw_model, rt) if cfg.eval_hellaswag else None
@@ -365,10 +366,12 @@ def seed_dropout(seed, it, micro_step):
 # -----------------------------------------------------------------------------
 # the model and its optimizer, new or resumed
 
-def init_model(cfg, data_vocab_size):
+def init_model(cfg, data_vocab_size, data_tokenizer=None):
     """
-    Build the model: from scratch, from the run in out_dir, or from pretrained weights (OpenAI's GPT-2 by name,
-    or a Hugging Face folder). Returns (model, checkpoint or None).
+    Build the model: from scratch, from the run in out_dir, or from pretrained weights (OpenAI's GPT-2 by name, a
+    Hugging Face folder, or another run's folder, afresh: a new run in out_dir). A pretrained model gets rows for the
+    chat tokens that a dataset of conversations (data_tokenizer, see data.dataset_tokenizer) adds to its vocabulary.
+    Returns (model, checkpoint or None): the checkpoint of the run resumed.
     """
     if cfg.init_from == 'scratch':
         model_args = {k: getattr(cfg, k) for k in MODEL_ARGS if k != 'vocab_size'}
@@ -383,9 +386,39 @@ def init_model(cfg, data_vocab_size):
     if cfg.init_from in GPT2_SIZES or os.path.isdir(cfg.init_from):
         print0(f"initializing from pretrained weights: {cfg.init_from}")
         # the shape, vocabulary and biases are the pretrained model's; the checkpoint's model_args record them
-        return load_model(cfg.init_from, cfg.out_dir, dropout=cfg.dropout)
+        model, run = load_model(cfg.init_from, cfg.out_dir, dropout=cfg.dropout)  # run: another run's checkpoint
+        if data_tokenizer and 'chat' in data_tokenizer and (data_vocab_size or 0) > model.config.vocab_size:
+            add_chat_tokens(model, find_tokenizer(cfg.init_from, run, model.config.vocab_size), data_tokenizer,
+                            data_vocab_size, cfg)
+        return model, None
     raise UserError(f"unknown init_from '{cfg.init_from}'; use 'scratch', 'resume', one of "
-                    f"{', '.join(GPT2_SIZES)}, or a Hugging Face model folder")
+                    f"{', '.join(GPT2_SIZES)}, a Hugging Face model folder or a run's folder")
+
+
+def text_vocabulary(tokenizer):
+    """What a tokenizer (see data.dataset_tokenizer) makes of text, without its chat tokens: equal for the same."""
+    if tokenizer['kind'] == 'char':
+        return [c for c in tokenizer['chars'] if c not in tokenizer.get('chat', {})]
+    return json.loads(tokenizer['json'])['model']['merges'] if tokenizer['kind'] == 'bpe' else tokenizer['kind']
+
+
+@torch.no_grad()
+def add_chat_tokens(model, tokenizer, data_tokenizer, vocab_size, cfg):
+    """
+    Grow a pretrained model's vocabulary to the vocab_size of a dataset of conversations, whose tokenizer is the
+    model's plus the chat tokens (GPT-2's BPE: ids 50257.. in the padding up to 50,304). The token embedding's new
+    rows (lm_head's too: they are tied) start at the mean of the others, so that a new token first looks like an
+    average one (https://nlp.stanford.edu/~johnhew/vocab-expansion.html).
+    """
+    if text_vocabulary(tokenizer) != text_vocabulary(data_tokenizer):
+        raise UserError(f"data/{cfg.dataset} was prepared with another vocabulary than the model's in "
+                        f"'{cfg.init_from}' ({tokenizer['kind']}); prepare it with the model's tokenizer")
+    wte = model.transformer.wte
+    rows = wte.weight.mean(dim=0, keepdim=True).expand(vocab_size - wte.num_embeddings, -1)
+    wte.weight = nn.Parameter(torch.cat([wte.weight, rows]))
+    model.lm_head.weight = wte.weight
+    wte.num_embeddings = model.lm_head.out_features = model.config.vocab_size = vocab_size
+    print0(f"vocab_size {vocab_size}: the chat tokens' rows start at the mean token embedding")
 
 
 def fit_model(model, checkpoint, cfg, data_vocab_size):

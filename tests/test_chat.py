@@ -2,19 +2,24 @@
 
 import json
 import os
+import random
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import chat
-from common import UserError
+import train
+from checkpoint import load_checkpoint
+from common import UserError, setup
 from configurator import parse_config
-from data import (CHAT_TOKENS, chat_ids, check_conversation, dataset_tokenizer, load_meta, render_conversation,
-                  render_prompt)
-from helpers import REPO, checksums, load_script, needs_tiktoken_cache, run_in_process, run_script, tiny_model
+from data import (CHAT_TOKENS, EVAL_BATCH, TRAIN_BATCH, chat_ids, check_conversation, data_files, dataset_tokenizer,
+                  get_batch, load_meta, render_conversation, render_prompt)
+from helpers import (REPO, checksums, load_script, needs_tiktoken_cache, run_in_process, run_script, tiny_model,
+                     tiny_run, val_losses)
 from sample import get_codec
 
 # characters h, i, o (ids 0, 1, 2), then the chat tokens: <|bos|> 3, <|system|> 4, <|user|> 5, <|assistant|> 6,
@@ -354,3 +359,162 @@ def test_a_model_without_chat_tokens_is_one_line(char_ckpt):
     r = run_in_process('chat.py', '--out_dir=out', '--prompt=hi', '--device=cpu', cwd='.')
     assert r.returncode == 1 and r.stderr.count('\n') == 1
     assert 'was not trained on conversations' in r.stderr
+
+
+# -----------------------------------------------------------------------------
+# training on conversations: the loss mask, and finetuning pretrained models and one's own runs on them
+
+demo = load_script('data/chat_demo/prepare.py', 'prepare_chat_demo')
+
+
+def demo_conversations(n, seed=0):
+    """n conversations of data/chat_demo's kinds (sums, reversed words, small talk)."""
+    rng = random.Random(seed)
+    return [demo.conversation(rng, set(), set()) for _ in range(n)]
+
+
+def chat_data(root, name='chats', n=200, tokenizer='char', seed=0, conversations=None):
+    """root/data/NAME, prepared from n demo conversations; returns its folder."""
+    write_chats(root / f'{name}.jsonl', conversations or demo_conversations(n, seed))
+    argv = ['--format=chat', f'--input={root / f"{name}.jsonl"}', f'--dataset={name}', f'--tokenizer={tokenizer}']
+    pt.prepare_text(parse_config(pt.DEFAULTS, argv, pt.TYPES), str(root / 'data'))
+    return root / 'data' / name
+
+
+def test_masked_targets_get_no_gradient_and_the_loss_is_the_mean_over_the_assistants_tokens(tmp_path):
+    data_dir = chat_data(tmp_path)
+    files = data_files(str(data_dir), 'train')
+    x, y = get_batch(files, 8, 32, 1, TRAIN_BATCH, 0, 0)
+    # the targets are the tokens after the inputs, -1 where the mask file says they are not learnt
+    tokens = np.fromfile(data_dir / 'train.bin', dtype=np.uint16)
+    mask = np.fromfile(data_dir / 'train_mask.bin', dtype=np.uint8)
+    for row_x, row_y in zip(x.tolist(), y.tolist()):
+        windows = np.lib.stride_tricks.sliding_window_view(tokens, 33)
+        start = int(np.flatnonzero((windows[:, :32] == row_x).all(axis=1))[0])
+        learnt = mask[start + 1:start + 33] == 1
+        assert row_y == [int(t) if keep else -1 for t, keep in zip(tokens[start + 1:start + 33], learnt)]
+    assert (y == -1).any() and (y != -1).any()
+
+    model = tiny_model(vocab_size=len(dataset_tokenizer(str(data_dir))['chars']), block_size=32).train()
+    logits = []
+    model.lm_head.register_forward_hook(lambda module, inputs, output: output.retain_grad() or logits.append(output))
+    _, loss = model(x, y)
+    learnt = y != -1
+    log_probs = torch.log_softmax(logits[0].double(), dim=-1)
+    expected = -log_probs[learnt].gather(1, y[learnt][:, None]).mean()
+    torch.testing.assert_close(loss.double(), expected)
+    loss.backward()
+    assert (logits[0].grad[~learnt] == 0).all() and (logits[0].grad[learnt].abs().sum(dim=-1) > 0).all()
+
+
+def reference_get_batch(path, batch_size, block_size, *key):
+    """get_batch as it was before loss masks (nanoGPT's windows, drawn from the key): the bit-identical reference."""
+    data = np.memmap(path, dtype=np.uint16, mode='r')
+    ix = np.random.default_rng(key).integers(0, len(data) - block_size, size=batch_size)
+    xy = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix]).astype(np.int64))
+    return xy[:, :-1], xy[:, 1:]
+
+
+def test_a_dataset_without_a_mask_trains_bit_identically(char_data, monkeypatch):
+    monkeypatch.chdir(char_data)
+    data_dir = char_data / 'data' / 'shakespeare_char'
+    for key in [(1337, TRAIN_BATCH, 0, 0), (1337, TRAIN_BATCH, 5, 1), (1337, EVAL_BATCH, 1, 3)]:
+        for a, b in zip(get_batch(data_files(str(data_dir), 'train'), 4, 32, *key),
+                        reference_get_batch(str(data_dir / 'train.bin'), 4, 32, *key)):
+            assert torch.equal(a, b)
+    plain = train.train(tiny_run(char_data / 'plain', max_iters=6))
+    # a mask of ones learns every token: the same run, bit for bit
+    for split in ('train', 'val'):
+        n = (data_dir / f'{split}.bin').stat().st_size // 2
+        np.ones(n, dtype=np.uint8).tofile(data_dir / f'{split}_mask.bin')
+    ones = train.train(tiny_run(char_data / 'ones', max_iters=6))
+    assert plain['best_val_loss'] == ones['best_val_loss']
+    for (name, a), b in zip(plain['model'].state_dict().items(), ones['model'].state_dict().values()):
+        assert torch.equal(a, b), name
+    assert val_losses(char_data / 'plain') == val_losses(char_data / 'ones')
+
+
+def test_a_run_on_conversations_reports_the_loss_on_the_assistants_tokens(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    chat_data(tmp_path)
+    result = train.train(tiny_run(tmp_path / 'out', dataset='chats', max_iters=5, eval_interval=5))
+    ckpt = load_checkpoint(str(tmp_path / 'out' / 'ckpt.pt'))
+    assert ckpt['tokenizer'] == dataset_tokenizer('data/chats') and 'chat' in ckpt['tokenizer']
+    # the val loss is estimate_loss's mean over eval_iters batches, each the mean over its learnt targets
+    cfg = SimpleNamespace(**tiny_run(tmp_path / 'out', dataset='chats'))
+    rt = setup('cpu', 'float32')
+    losses = []
+    model = result['model'].eval()
+    for k in range(cfg.eval_iters):
+        x, y = get_batch(data_files('data/chats', 'val'), cfg.batch_size, 32, cfg.seed, EVAL_BATCH, 1, k)
+        learnt = y != -1
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(x, y)[0].double(), dim=-1)  # logits for every position
+        losses.append(-log_probs[learnt].gather(1, y[learnt][:, None]).mean().item())
+    assert train.estimate_loss(model, {'val': data_files('data/chats', 'val')}, 32, cfg, rt)['val'] == \
+        pytest.approx(sum(losses) / len(losses), rel=1e-5)
+
+
+def gpt2_shaped_folder(folder, n_positions=64):
+    """A GPT-2-shaped Hugging Face folder of random weights (transformers' own GPT2LMHeadModel), tiny."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    hf_model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=n_positions))
+    hf_model.save_pretrained(str(folder))
+    return hf_model
+
+
+def test_sft_of_a_gpt2_shaped_model_with_lora_grows_its_vocabulary_for_the_chat_tokens(tmp_path, monkeypatch):
+    needs_tiktoken_cache()
+    monkeypatch.chdir(tmp_path)
+    gpt2_shaped_folder(tmp_path / 'base')
+    chat_data(tmp_path, tokenizer='gpt2', n=100)
+    cfg = tiny_run(tmp_path / 'out', dataset='chats', init_from=str(tmp_path / 'base'), lora_rank=4, lora_alpha=8,
+                   max_iters=4, eval_interval=4)
+    # the pretrained model's 50,257 rows, then 47 new ones (the chat tokens' among them) at their mean
+    model, _ = train.init_model(SimpleNamespace(**cfg), 50304, dataset_tokenizer('data/chats'))
+    wte = model.transformer.wte.weight
+    assert model.config.vocab_size == 50304 and wte.shape == (50304, 32) and model.lm_head.weight is wte
+    torch.testing.assert_close(wte[50257:], wte[:50257].mean(dim=0).expand(47, -1))
+    trained = train.train(cfg)['model']
+    ckpt = load_checkpoint('out/ckpt.pt')
+    assert ckpt['model_args']['vocab_size'] == 50304 and ckpt['lora']['rank'] == 4
+    assert ckpt['tokenizer'] == {'kind': 'gpt2', 'chat': chat_ids(50257)}
+    # under LoRA the token embedding trains too (the chat tokens' rows): the other weights stay the base's
+    assert not torch.equal(ckpt['model']['transformer.wte.weight'][50257:50262], wte[50257:50262].detach())
+    torch.testing.assert_close(ckpt['model']['transformer.h.0.mlp.c_proj.weight'],
+                               model.transformer.h[0].mlp.c_proj.weight.detach())
+    assert trained.transformer.wte.weight.requires_grad
+
+
+def test_sft_from_ones_own_run_with_or_without_lora_and_by_resuming(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    conversations = demo_conversations(200)
+    chat_data(tmp_path, 'first', conversations=conversations)
+    chat_data(tmp_path, 'second', conversations=conversations[::-1])  # the same characters, other data
+    train.train(tiny_run(tmp_path / 'base', dataset='first', max_iters=4, eval_interval=4))
+    base = load_checkpoint('base/ckpt.pt')['model']
+    # afresh from the run's weights, into a new run: iteration 0, a new optimizer, LoRA if asked
+    cfg = tiny_run(tmp_path / 'sft', dataset='second', init_from=str(tmp_path / 'base'), max_iters=4,
+                   eval_interval=4)
+    model, checkpoint = train.init_model(SimpleNamespace(**cfg), None, dataset_tokenizer('data/second'))
+    assert checkpoint is None and all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
+    assert train.train(cfg)['iter_num'] == 4
+    train.train(dict(cfg, out_dir=str(tmp_path / 'sft-lora'), lora_rank=4))
+    assert load_checkpoint('sft-lora/ckpt.pt')['lora']['rank'] == 4
+    # or the same run, on with the new data
+    resumed = train.train(tiny_run(tmp_path / 'base', dataset='second', init_from='resume', change_dataset=True,
+                                   max_iters=8, eval_interval=4))
+    assert resumed['iter_num'] == 8 and load_checkpoint('base/ckpt.pt')['config']['dataset'] == 'second'
+
+
+def test_sft_on_data_of_another_vocabulary_is_refused(char_data, monkeypatch):
+    monkeypatch.chdir(char_data)
+    train.train(tiny_run(char_data / 'base', max_iters=2, eval_interval=2))  # Shakespeare's characters
+    chat_data(char_data)
+    r = run_in_process('train.py', '--dataset=chats', '--init_from=base', '--out_dir=sft', '--device=cpu',
+                       '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
+                       '--max_iters=2', cwd=char_data)
+    assert r.returncode == 1 and r.stderr.count('\n') == 1, r.stderr
+    assert "data/chats was prepared with another vocabulary than the model's in 'base' (char)" in r.stderr
+    assert not os.path.exists(char_data / 'sft' / 'ckpt.pt')
