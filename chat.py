@@ -12,6 +12,7 @@ GPT.decode_one_token). When the conversation outgrows the model's context, its o
 system message stays) with a notice. The chat template is data.py's (render_prompt).
 """
 
+import contextlib
 import sys
 
 import torch
@@ -138,10 +139,11 @@ class Chat:
 
 def load_chat(cfg):
     """A Chat with the model cfg names, ready on its device; returns it and the Runtime."""
-    rt = setup(cfg.device, cfg.dtype)
-    check_quantize(cfg.quantize, rt.device_type, rt.dtype, cfg.compile)
-    model, tokenizer = load_sampled_model(cfg)
-    prepare_model(model, rt, cfg.quantize, cfg.compile)
+    with contextlib.redirect_stdout(sys.stderr):  # what loading says: stdout is the replies'
+        rt = setup(cfg.device, cfg.dtype)
+        check_quantize(cfg.quantize, rt.device_type, rt.dtype, cfg.compile)
+        model, tokenizer = load_sampled_model(cfg)
+        prepare_model(model, rt, cfg.quantize, cfg.compile)
     return Chat(model, tokenizer, cfg.system), rt
 
 

@@ -119,8 +119,12 @@ def find_tokenizer(init_from, checkpoint, vocab_size):
             return dataset_tokenizer(data_dir)
     elif os.path.isdir(init_from):
         found = hf.read_tokenizer(init_from)  # a folder of GPT-2 itself may hold GPT-2's BPE as a tokenizer.json
+        special = hf.read_special_tokens(init_from)  # a chat model's (export_hf.py): its chat tokens
+        chat = {'chat': {t: special[t] for t in CHAT_TOKENS}} if set(CHAT_TOKENS) <= special.keys() else {}
         if found and (found['kind'] == 'char' or vocab_size not in gpt2_sizes):
-            return found
+            return {**found, **chat}
+        if vocab_size in gpt2_sizes:
+            return {'kind': 'gpt2', **chat}
     if vocab_size in gpt2_sizes:
         return {'kind': 'gpt2'}
     raise UserError(f"no vocabulary found for this model of {vocab_size} tokens (not GPT-2's): its checkpoint "
@@ -146,6 +150,22 @@ ROLES = {'system': SYSTEM, 'user': USER, 'assistant': ASSISTANT}
 GPT2_CHAT_ID = 50257
 # text that becomes a special token when a Hugging Face tokenizer reads a rendered conversation: not content
 SPECIAL_TEXT = CHAT_TOKENS + ('<|endoftext|>',)
+
+
+# the same template in Jinja, as Hugging Face's tokenizers apply it (apply_chat_template): export_hf.py writes it
+# into tokenizer_config.json. {% generation %} marks what is learnt, for return_assistant_tokens_mask.
+CHAT_TEMPLATE = (
+    "{{ '<|bos|>' }}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown role ' + message['role']) }}{% endif %}"
+    "{{ '<|' + message['role'] + '|>' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}"
+    "{% else %}{{ message['content'] + '<|end|>' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
 
 
 def chat_ids(first_id):

@@ -518,3 +518,85 @@ def test_sft_on_data_of_another_vocabulary_is_refused(char_data, monkeypatch):
     assert r.returncode == 1 and r.stderr.count('\n') == 1, r.stderr
     assert "data/chats was prepared with another vocabulary than the model's in 'base' (char)" in r.stderr
     assert not os.path.exists(char_data / 'sft' / 'ckpt.pt')
+
+
+# -----------------------------------------------------------------------------
+# export_hf.py: the template as transformers reads it, and transformers' generate continuing a conversation
+
+def save_chat_ckpt(out_dir, model, tokenizer):
+    from checkpoint import save_checkpoint
+    model_args = {k: getattr(model.config, k) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias',
+                                                         'vocab_size')}
+    os.makedirs(out_dir, exist_ok=True)
+    save_checkpoint({'model': model.state_dict(), 'model_args': model_args, 'tokenizer': tokenizer},
+                    os.path.join(out_dir, 'ckpt.pt'))
+
+
+def export(out_dir, hf_dir):
+    import export_hf
+    return export_hf.export(dict(export_hf.DEFAULTS, out_dir=str(out_dir), hf_dir=str(hf_dir)))
+
+
+def ids_of(encoding):
+    """apply_chat_template's ids: a list, or (transformers 5) under input_ids."""
+    return list(encoding['input_ids'] if hasattr(encoding, 'keys') else encoding)
+
+
+@pytest.mark.parametrize('kind', ['char', 'gpt2', 'bpe'])
+def test_the_exported_template_gives_our_ids_and_mask_through_transformers(tmp_path, kind):
+    from transformers import AutoTokenizer
+    if kind == 'gpt2':
+        needs_tiktoken_cache()
+    conversations = CHATS + demo_conversations(30)
+    tokenizer = dataset_tokenizer(str(chat_data(tmp_path, tokenizer=kind, conversations=conversations)))
+    vocab_size = max(tokenizer['chat'].values()) + 1 if kind != 'gpt2' else 50304
+    save_chat_ckpt(tmp_path / 'out', tiny_model(vocab_size=vocab_size, block_size=256), tokenizer)
+    hf_tokenizer = AutoTokenizer.from_pretrained(export(tmp_path / 'out', tmp_path / 'hf'))
+    encode = get_codec(tokenizer)[0]
+    for messages in conversations[:10]:
+        ids, mask = render_conversation(messages, encode, tokenizer['chat'])
+        encoding = hf_tokenizer.apply_chat_template(messages, return_assistant_tokens_mask=True, return_dict=True)
+        assert (list(encoding['input_ids']), list(encoding['assistant_masks'])) == (ids, mask)
+        prompt = messages[:-1]
+        assert ids_of(hf_tokenizer.apply_chat_template(prompt, add_generation_prompt=True)) == \
+            render_prompt(prompt, encode, tokenizer['chat'])
+        assert hf_tokenizer.decode(ids) == get_codec(tokenizer)[1](ids)
+
+
+def hf_reply(hf_dir, messages, max_new_tokens):
+    """transformers' own generate (greedy) of the reply to messages, through the exported tokenizer's template."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+    hf_tokenizer, hf_model = AutoTokenizer.from_pretrained(str(hf_dir)), GPT2LMHeadModel.from_pretrained(str(hf_dir))
+    prompt = ids_of(hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+    out = hf_model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False)[0, len(prompt):]
+    out = out.tolist()
+    stops = hf_model.generation_config.eos_token_id
+    return hf_tokenizer.decode(out[:next((i for i, t in enumerate(out) if t in stops), len(out))])
+
+
+def test_transformers_generate_continues_a_conversation_as_chat_py_does(chat_ckpt, tmp_path):
+    hf_dir = export('out', 'hf')
+    session = chat.Chat(chat_ckpt, TOKENIZER, system='Be brief.')
+    messages = [{'role': 'system', 'content': 'Be brief.'}]
+    for text in ['What is 2 + 3?', 'Reverse the word cat.']:
+        reply = ''.join(session.decode([t]) for t in session.reply_tokens(text, 10, temperature=0))
+        messages.append({'role': 'user', 'content': text})
+        assert hf_reply(hf_dir, messages, 10) == reply
+        messages.append({'role': 'assistant', 'content': reply})
+    # and chat.py talks to the exported folder as to the checkpoint
+    r = run_script('chat.py', f'--init_from={hf_dir}', '--prompt=What is 2 + 3?', '--system=Be brief.',
+                   '--temperature=0', '--max_new_tokens=10', '--device=cpu', cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == messages[2]['content'] + '\n', r.stderr
+
+
+def test_an_sft_of_a_gpt2_shaped_model_exported_chats_in_transformers(tmp_path, monkeypatch):
+    needs_tiktoken_cache()
+    monkeypatch.chdir(tmp_path)
+    gpt2_shaped_folder(tmp_path / 'base')
+    chat_data(tmp_path, tokenizer='gpt2', n=100)
+    model = train.train(tiny_run(tmp_path / 'out', dataset='chats', init_from=str(tmp_path / 'base'), lora_rank=4,
+                                 lora_alpha=8, max_iters=4, eval_interval=4))['model'].eval()
+    hf_dir = export('out', 'hf')
+    session = chat.Chat(model, load_checkpoint('out/ckpt.pt')['tokenizer'])
+    reply = ''.join(session.decode([t]) for t in session.reply_tokens('What is 2 + 3?', 8, temperature=0))
+    assert hf_reply(hf_dir, [{'role': 'user', 'content': 'What is 2 + 3?'}], 8) == reply
