@@ -430,11 +430,14 @@ def read_shard(path):
 # -----------------------------------------------------------------------------
 # batches
 
-SMALL_DATASETS = ('shakespeare_char', 'shakespeare')  # prepared by train.py itself when their files are missing
+SMALL_DATASETS = ('shakespeare_char', 'shakespeare', 'chat_demo')  # prepared by train.py itself when missing
 
 
 def prepare_small_dataset(dataset, data_dir):
-    """Run a small dataset's prepare.py (Tiny Shakespeare's) when its token files are missing: a one-command start."""
+    """
+    Run a small dataset's prepare.py (Tiny Shakespeare's, the chat demo's) when its token files are missing: a
+    one-command start.
+    """
     if dataset not in SMALL_DATASETS or all(os.path.exists(os.path.join(data_dir, f'{s}.bin')) for s in SPLITS):
         return
     script = os.path.join(PROJECT_DIR, 'data', dataset, 'prepare.py')

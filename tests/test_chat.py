@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -600,3 +601,41 @@ def test_an_sft_of_a_gpt2_shaped_model_exported_chats_in_transformers(tmp_path, 
     session = chat.Chat(model, load_checkpoint('out/ckpt.pt')['tokenizer'])
     reply = ''.join(session.decode([t]) for t in session.reply_tokens('What is 2 + 3?', 8, temperature=0))
     assert hf_reply(hf_dir, [{'role': 'user', 'content': 'What is 2 + 3?'}], 8) == reply
+
+
+# -----------------------------------------------------------------------------
+# data/chat_demo: the conversations, the held-out questions, and the accuracy eval.py counts
+
+def test_the_chat_demo_holds_out_its_questions_and_has_what_the_demo_needs(tmp_path):
+    data_dir = tmp_path / 'data' / 'chat_demo'
+    data_dir.mkdir(parents=True)
+    demo.prepare(str(data_dir), dict(demo.DEFAULTS, conversations=3000))
+    conversations = [json.loads(line)['messages'] for line in open(data_dir / 'chats.jsonl')]
+    heldout = [json.loads(line) for line in open(data_dir / 'heldout.jsonl')]
+    sums = [q for q in heldout if q['question'].startswith('What is ')]
+    words = [q for q in heldout if q['question'].startswith('Reverse the word ')]
+    assert len(sums) == len(words) == 100
+    users = [m['content'] for c in conversations for m in c if m['role'] == 'user']
+    numbers = {tuple(sorted(map(int, re.findall(r'\d+', u)))) for u in users if re.search(r'\d', u)}
+    held_pairs = {tuple(sorted(map(int, re.findall(r'\d+', q['question'])))) for q in sums}
+    assert numbers and not numbers & held_pairs  # neither order of a held-out sum is ever asked
+    asked_words = {w.lower() for u in users for w in re.findall(r'[A-Za-z]+', u)}
+    assert not asked_words & {q['answer'][::-1].lower() for q in words}
+    assert all(str(sum(map(int, re.findall(r'\d+', q['question'])))) == q['answer'] for q in sums)
+    # the exact phrasings, system prompts or none, several turns
+    assert any(re.fullmatch(r'What is \d+ \+ \d+\?', u) for u in users)
+    assert any(re.fullmatch(r'Reverse the word [A-Za-z]+\.', u) for u in users)
+    assert {c[0]['role'] == 'system' for c in conversations} == {True, False}
+    assert max(len(c) for c in conversations) >= 8 and len(set(users)) > 1000
+    tokenizer = dataset_tokenizer(str(data_dir))
+    assert tokenizer['kind'] == 'char' and (data_dir / 'train_mask.bin').exists()
+
+
+def test_eval_counts_the_last_number_or_word_of_a_reply():
+    chat_eval = load_script('data/chat_demo/eval.py', 'chat_demo_eval')
+    total = {'question': 'What is 37 + 48?', 'answer': '85'}
+    assert chat_eval.is_correct(total, '37 + 48 = 85.') and chat_eval.is_correct(total, '85')
+    assert not chat_eval.is_correct(total, '85 + 37 = 122.') and not chat_eval.is_correct(total, 'Hello!')
+    word = {'question': 'Reverse the word Paris.', 'answer': 'siraP'}
+    assert chat_eval.is_correct(word, 'Paris reversed is siraP.') and not chat_eval.is_correct(word, 'siraP is Paris')
+    assert len(chat_eval.typed_questions()) == 40
