@@ -387,7 +387,7 @@ def init_model(cfg, data_vocab_size, data_tokenizer=None):
         print0(f"initializing from pretrained weights: {cfg.init_from}")
         # the shape, vocabulary and biases are the pretrained model's; the checkpoint's model_args record them
         model, run = load_model(cfg.init_from, cfg.out_dir, dropout=cfg.dropout)  # run: another run's checkpoint
-        if data_tokenizer and 'chat' in data_tokenizer and (data_vocab_size or 0) > model.config.vocab_size:
+        if data_tokenizer and 'chat' in data_tokenizer:
             add_chat_tokens(model, find_tokenizer(cfg.init_from, run, model.config.vocab_size), data_tokenizer,
                             data_vocab_size, cfg)
         return model, None
@@ -405,14 +405,17 @@ def text_vocabulary(tokenizer):
 @torch.no_grad()
 def add_chat_tokens(model, tokenizer, data_tokenizer, vocab_size, cfg):
     """
-    Grow a pretrained model's vocabulary to the vocab_size of a dataset of conversations, whose tokenizer is the
-    model's plus the chat tokens (GPT-2's BPE: ids 50257.. in the padding up to 50,304). The token embedding's new
-    rows (lm_head's too: they are tied) start at the mean of the others, so that a new token first looks like an
-    average one (https://nlp.stanford.edu/~johnhew/vocab-expansion.html).
+    Check that a dataset of conversations was made with a pretrained model's tokenizer (plus the chat tokens), and
+    grow the model's vocabulary to the data's vocab_size where it is smaller (GPT-2's 50,257: the chat tokens take
+    50,257.. of the padding up to 50,304). The token embedding's new rows (lm_head's too: they are tied) start at the
+    mean of the others, so that a new token first looks like an average one
+    (https://nlp.stanford.edu/~johnhew/vocab-expansion.html).
     """
     if text_vocabulary(tokenizer) != text_vocabulary(data_tokenizer):
         raise UserError(f"data/{cfg.dataset} was prepared with another vocabulary than the model's in "
                         f"'{cfg.init_from}' ({tokenizer['kind']}); prepare it with the model's tokenizer")
+    if vocab_size <= model.config.vocab_size:
+        return
     wte = model.transformer.wte
     rows = wte.weight.mean(dim=0, keepdim=True).expand(vocab_size - wte.num_embeddings, -1)
     wte.weight = nn.Parameter(torch.cat([wte.weight, rows]))

@@ -172,8 +172,11 @@ def text_blocks(path, errors, counter):
                 return
 
 
-def jsonl_documents(path, text_field, errors, counter):
-    """The texts of a .jsonl file's lines (blank lines skipped). counter[0] counts the bytes read."""
+def jsonl_records(path, errors, counter, expected='one JSON object'):
+    """
+    (line number, record) for each line of a .jsonl file, blank lines skipped; a line that is not JSON is a UserError
+    naming it and saying that each line must be expected. counter[0] counts the bytes read.
+    """
     with open(path, 'rb') as f:
         offset = 0
         for number, line in enumerate(f, 1):
@@ -189,11 +192,17 @@ def jsonl_documents(path, text_field, errors, counter):
                 record = json.loads(text)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{number}: not JSON ({e.msg}); each line of a .jsonl file must be "
-                                f"one JSON object") from None
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise UserError(f"{path}:{number}: no text in field '{text_field}'; name the field that holds "
-                                f"the text with --text_field=...")
-            yield record[text_field]
+                                f"{expected}") from None
+            yield number, record
+
+
+def jsonl_documents(path, text_field, errors, counter):
+    """The texts of a .jsonl file's lines (blank lines skipped). counter[0] counts the bytes read."""
+    for number, record in jsonl_records(path, errors, counter):
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            raise UserError(f"{path}:{number}: no text in field '{text_field}'; name the field that holds "
+                            f"the text with --text_field=...")
+        yield record[text_field]
 
 
 # A place where GPT-2's pre-tokenizer (and the byte-level BPE's, the same regex) cuts the text anyway: after a
@@ -435,26 +444,11 @@ def read_conversations(files, errors, counter):
         if not path.endswith('.jsonl'):
             raise UserError(f"'{path}' is not a .jsonl file; format=chat reads conversations, one "
                             f"{{\"messages\": [...]}} a line")
-        with open(path, 'rb') as f:
-            offset = 0
-            for number, line in enumerate(f, 1):
-                counter[0] += len(line)
-                try:
-                    text = line.decode('utf-8', errors)
-                except UnicodeDecodeError as e:
-                    raise _not_utf8(path, offset, e, f" line {number}") from None
-                offset += len(line)
-                if not text.strip():
-                    continue
-                try:
-                    record = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{number}: not JSON ({e.msg}); each line must be one conversation, "
-                                    f"{{\"messages\": [...]}}") from None
-                if not isinstance(record, dict) or 'messages' not in record:
-                    raise UserError(f"{path}:{number}: no 'messages'; each line must be one conversation, "
-                                    f"{{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}}")
-                yield f"{path}:{number}", record['messages']
+        for number, record in jsonl_records(path, errors, counter, 'one conversation, {"messages": [...]}'):
+            if not isinstance(record, dict) or 'messages' not in record:
+                raise UserError(f"{path}:{number}: no 'messages'; each line must be one conversation, "
+                                f"{{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}}")
+            yield f"{path}:{number}", record['messages']
 
 
 def chat_encoder(kind, vocab):

@@ -498,7 +498,8 @@ def test_sft_from_ones_own_run_with_or_without_lora_and_by_resuming(tmp_path, mo
     # afresh from the run's weights, into a new run: iteration 0, a new optimizer, LoRA if asked
     cfg = tiny_run(tmp_path / 'sft', dataset='second', init_from=str(tmp_path / 'base'), max_iters=4,
                    eval_interval=4)
-    model, checkpoint = train.init_model(SimpleNamespace(**cfg), None, dataset_tokenizer('data/second'))
+    model, checkpoint = train.init_model(SimpleNamespace(**cfg), load_meta('data/second/meta.pkl')['vocab_size'],
+                                         dataset_tokenizer('data/second'))
     assert checkpoint is None and all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
     assert train.train(cfg)['iter_num'] == 4
     train.train(dict(cfg, out_dir=str(tmp_path / 'sft-lora'), lora_rank=4))
