@@ -78,7 +78,8 @@ def init_lora(model, checkpoint, cfg, train_embedding=False):
         was = {k: saved[k] for k in settings} if saved else dict(rank=0)
         if was != (settings if cfg.lora_rank else dict(rank=0)):
             text = ' '.join(f"lora_{k}={','.join(v) if k == 'targets' else v}" for k, v in was.items())
-            raise UserError(f"the run in '{cfg.out_dir}' was trained with {text}; resume it with the same settings")
+            raise UserError(f"the run in '{cfg.out_dir}' was trained with {text}; resume it with the same settings, or "
+                            f"finetune its weights in a new run with --init_from={cfg.out_dir} --out_dir=NEW")
     if not cfg.lora_rank:
         return
     add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, settings['targets'])
