@@ -498,8 +498,9 @@ def load_pretrained(model_type, dropout=0.0):
 def load_model(init_from, out_dir, purpose='use', dropout=0.0, owner=False):
     """
     A trained or pretrained GPT: the run in out_dir ('resume'; its checkpoint for purpose, see
-    checkpoint_path; owner: see resume_checkpoint), OpenAI's GPT-2 by name, or a Hugging Face GPT-2 folder.
-    Returns (model, checkpoint), the checkpoint None for a pretrained model.
+    checkpoint_path; owner: see resume_checkpoint), OpenAI's GPT-2 by name, a Hugging Face GPT-2 folder, or another
+    run's folder (its checkpoint to use, e.g. to finetune it afresh). Returns (model, checkpoint), the checkpoint None
+    for a pretrained model.
     """
     if init_from == 'resume':
         if purpose == 'resume':
@@ -512,7 +513,12 @@ def load_model(init_from, out_dir, purpose='use', dropout=0.0, owner=False):
             raise UserError(f"checkpoint '{path}' has no {' or '.join(missing)}: it holds weights to use, not a run "
                             f"to resume; sample or export it, or start a new run")
         return model_from_checkpoint(checkpoint, path, dropout), checkpoint
+    if os.path.isdir(init_from) and not os.path.exists(os.path.join(init_from, 'config.json')) and \
+            any(os.path.exists(os.path.join(init_from, name)) for name in (BEST, LAST)):
+        path = checkpoint_path(init_from, 'use')
+        checkpoint = load_checkpoint(path)
+        return model_from_checkpoint(checkpoint, path, dropout), checkpoint
     if init_from in GPT2_SIZES or os.path.isdir(init_from):
         return load_pretrained(init_from, dropout), None
     raise UserError(f"unknown init_from '{init_from}'; use 'resume', one of {', '.join(GPT2_SIZES)}, "
-                    f"or a Hugging Face model folder")
+                    f"a Hugging Face model folder or a run's folder")

@@ -138,8 +138,12 @@ def find_tokenizer(init_from, checkpoint, vocab_size):
             return dataset_tokenizer(data_dir)
     elif os.path.isdir(init_from):
         found = hf.read_tokenizer(init_from)  # a folder of GPT-2 itself may hold GPT-2's BPE as a tokenizer.json
+        special = hf.read_special_tokens(init_from)  # a chat model's (export_hf.py): its chat tokens
+        chat = {'chat': {t: special[t] for t in CHAT_TOKENS}} if set(CHAT_TOKENS) <= special.keys() else {}
         if found and (found['kind'] == 'char' or vocab_size not in gpt2_sizes):
-            return found
+            return {**found, **chat}
+        if vocab_size in gpt2_sizes:
+            return {'kind': 'gpt2', **chat}
     if vocab_size in gpt2_sizes:
         return {'kind': 'gpt2'}
     raise UserError(f"no vocabulary found for this model of {vocab_size} tokens (not GPT-2's): its checkpoint "
@@ -165,6 +169,22 @@ ROLES = {'system': SYSTEM, 'user': USER, 'assistant': ASSISTANT}
 GPT2_CHAT_ID = 50257
 # text that becomes a special token when a Hugging Face tokenizer reads a rendered conversation: not content
 SPECIAL_TEXT = CHAT_TOKENS + ('<|endoftext|>',)
+
+
+# the same template in Jinja, as Hugging Face's tokenizers apply it (apply_chat_template): export_hf.py writes it
+# into tokenizer_config.json. {% generation %} marks what is learnt, for return_assistant_tokens_mask.
+CHAT_TEMPLATE = (
+    "{{ '<|bos|>' }}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown role ' + message['role']) }}{% endif %}"
+    "{{ '<|' + message['role'] + '|>' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}"
+    "{% else %}{{ message['content'] + '<|end|>' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
 
 
 def chat_ids(first_id):
@@ -277,6 +297,10 @@ class DatasetFiles:
         assert ids.ndim == 1 and (len(ids) == 0 or 0 <= ids.min() <= ids.max() < 2 ** 16), 'not uint16 ids'
         self.open(name).write(ids.astype(np.uint16).tobytes())
         return len(ids)
+
+    def write_mask(self, name, mask):
+        """Append a loss mask (one uint8 per token, 1 where it is learnt) to name."""
+        self.open(name).write(np.asarray(mask, dtype=np.uint8).tobytes())
 
     def write_meta(self, meta):
         pickle.dump(meta, self.open('meta.pkl'))
@@ -433,11 +457,14 @@ def read_shard(path):
 # -----------------------------------------------------------------------------
 # batches
 
-SMALL_DATASETS = ('shakespeare_char', 'shakespeare')  # prepared by train.py itself when their files are missing
+SMALL_DATASETS = ('shakespeare_char', 'shakespeare', 'chat_demo')  # prepared by train.py itself when missing
 
 
 def prepare_small_dataset(dataset, data_dir):
-    """Run a small dataset's prepare.py (Tiny Shakespeare's) when its token files are missing: a one-command start."""
+    """
+    Run a small dataset's prepare.py (Tiny Shakespeare's, the chat demo's) when its token files are missing: a
+    one-command start.
+    """
     if dataset not in SMALL_DATASETS or all(os.path.exists(os.path.join(data_dir, f'{s}.bin')) for s in SPLITS):
         return
     script = os.path.join(PROJECT_DIR, 'data', dataset, 'prepare.py')
@@ -460,9 +487,11 @@ def prepare_command(data_dir, again=False):
 
 def data_files(data_dir, split):
     """
-    A split's token files as (path, byte offset of the tokens, number of tokens): nanoGPT's one headerless
-    '{split}.bin' where there is one, else every llm.c shard named '*{split}*.bin' (e.g. FineWeb's
-    fineweb_val_000000.bin), in name order, each header checked against its file.
+    A split's token files as (path, byte offset of the tokens, number of tokens, loss mask): nanoGPT's one
+    headerless '{split}.bin' where there is one, else every llm.c shard named '*{split}*.bin' (e.g. FineWeb's
+    fineweb_val_000000.bin), in name order, each header checked against its file. The loss mask is the path of
+    '{split}_mask.bin' beside '{split}.bin' in a dataset of conversations (data/prepare_text.py --format=chat:
+    one uint8 per token, 1 where the token is learnt), else None.
     """
     path = os.path.join(data_dir, f'{split}.bin')
     if os.path.isfile(path):
@@ -470,8 +499,15 @@ def data_files(data_dir, split):
         if os.path.getsize(path) % 2:
             raise UserError(f"'{path}' has an odd number of bytes, so it is not whole uint16 tokens (cut short, or "
                             f"not a token file); run `{prepare_command(data_dir, again=True)}` again")
-        return [(path, 0, os.path.getsize(path) // 2)]
-    shards = sorted(glob.glob(os.path.join(data_dir, f'*{split}*.bin')))
+        n = os.path.getsize(path) // 2
+        mask = os.path.join(data_dir, f'{split}_mask.bin')
+        if not os.path.isfile(mask):
+            mask = None
+        elif os.path.getsize(mask) != n:
+            raise UserError(f"'{mask}' has {os.path.getsize(mask):,} entries for the {n:,} tokens of '{path}'; "
+                            f"run `{prepare_command(data_dir, again=True)}` again")
+        return [(path, 0, n, mask)]
+    shards = sorted(p for p in glob.glob(os.path.join(data_dir, f'*{split}*.bin')) if not p.endswith('_mask.bin'))
     if not shards:
         # run from another folder, data/ is that folder's: say so where the project's own data/ has the dataset
         elsewhere = os.path.join(PROJECT_DIR, data_dir)
@@ -482,7 +518,10 @@ def data_files(data_dir, split):
                         f"`{prepare_command(data_dir)}` first")
     for shard in shards:
         check_readable(shard)
-    return [(shard, SHARD_HEADER_BYTES, read_shard_header(shard)) for shard in shards]
+    return [(shard, SHARD_HEADER_BYTES, read_shard_header(shard), None) for shard in shards]
+
+
+MAX_DRAWS = 100  # draws of a batch in which no target is learnt (see get_batch) before giving up
 
 
 def check_readable(path):
@@ -497,7 +536,7 @@ def check_split_length(files, split, block_size, data_dir):
     A split (data_files) too short for one window of block_size + 1 tokens (get_batch's inputs and their next
     tokens) is a UserError, said before the run starts rather than at its first batch.
     """
-    longest = max(n for _, _, n in files)
+    longest = max(n for _, _, n, _ in files)
     if longest <= block_size:
         what = 'has' if len(files) == 1 else 'has no file of more than'
         raise UserError(f"the {split} split of '{data_dir}' {what} {longest:,} tokens, fewer than block_size + 1 = "
@@ -512,15 +551,47 @@ def get_batch(files, batch_size, block_size, *key, device='cpu', vocab_size=None
     equally likely, so files are drawn in proportion to their length, and a window never crosses two files.
     The windows are a function of key (seed, purpose, ...) alone. A token id at or above vocab_size (the
     model's) is a UserError: the data was made for another vocabulary.
+
+    Where a file has a loss mask (conversations), the targets it does not learn are -1, the index the loss ignores
+    (F.cross_entropy's ignore_index=-1, as nanoGPT's model.py has it): the loss is the mean over the assistant's
+    tokens. A batch with no learnt target at all, whose mean would be 0/0, is drawn again.
     """
     import torch  # here, not at the top: the prepare scripts that import this module need none of it
     if isinstance(files, str):
-        files = [(files, 0, os.path.getsize(files) // 2)]
-    starts = np.array([max(0, n - block_size) for _, _, n in files])  # the window starts in each file
+        files = [(files, 0, os.path.getsize(files) // 2, None)]
+    starts = np.array([max(0, n - block_size) for _, _, n, _ in files])  # the window starts in each file
     if starts.sum() == 0:
         raise UserError(f"'{files[0][0]}' has {files[0][2]} tokens, too few for block_size {block_size}")
+    rng = np.random.default_rng(key)
+    for _ in range(MAX_DRAWS):
+        windows, learnt, which = draw_windows(files, starts, batch_size, block_size, rng)
+        if learnt is None or learnt.any():
+            break
+    else:
+        raise UserError(f"'{files[0][3]}' marks no token to learn in {MAX_DRAWS} batches: its conversations have "
+                        f"no assistant message within block_size {block_size}; prepare the data again")
+    if vocab_size is not None and windows.max() >= vocab_size:
+        bad = int(np.argmax(windows.max(axis=1) >= vocab_size))
+        raise UserError(f"'{files[which[bad]][0]}' holds token id {windows[bad].max()}, outside the model's "
+                        f"vocabulary of {vocab_size}: it was prepared for another model; use the dataset the "
+                        f"model was trained on, or prepare this one again")
+    xy = torch.from_numpy(windows.astype(np.int64))
+    x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
+    if learnt is not None:
+        y[torch.from_numpy(~learnt)] = -1
+    if torch.device(device).type == 'cuda':
+        # pinned host memory lets the copy to the GPU run asynchronously, overlapping compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+def draw_windows(files, starts, batch_size, block_size, rng):
+    """
+    get_batch's draw: the windows (batch_size, block_size+1), whether each target (the window's tokens after its
+    first) is learnt (batch_size, block_size), or None where no file has a loss mask, and each window's file.
+    """
     # one draw over the starts of all files, then mapped to (file, offset): with one file this is just the offset
-    ix = np.random.default_rng(key).integers(0, starts.sum(), size=batch_size)
+    ix = rng.integers(0, starts.sum(), size=batch_size)
     ends = np.cumsum(starts)
     which = np.searchsorted(ends, ix, side='right')
     ix = ix - (ends - starts)[which]
@@ -533,14 +604,9 @@ def get_batch(files, batch_size, block_size, *key, device='cpu', vocab_size=None
         raise UserError(f"cannot read the tokens of '{path}' ({first_line(e)}): its dataset was changed or "
                         f"deleted while this run used it; restore it, then resume") from None
     windows = np.stack([data[f][i:i + block_size + 1] for f, i in zip(which, ix)])
-    if vocab_size is not None and windows.max() >= vocab_size:
-        bad = int(np.argmax(windows.max(axis=1) >= vocab_size))
-        raise UserError(f"'{files[which[bad]][0]}' holds token id {windows[bad].max()}, outside the model's "
-                        f"vocabulary of {vocab_size}: it was prepared for another model; use the dataset the "
-                        f"model was trained on, or prepare this one again")
-    xy = torch.from_numpy(windows.astype(np.int64))
-    x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
-    if torch.device(device).type == 'cuda':
-        # pinned host memory lets the copy to the GPU run asynchronously, overlapping compute
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+    if all(files[f][3] is None for f in set(which.tolist())):
+        return windows, None, which
+    masks = {f: np.memmap(files[f][3], dtype=np.uint8, mode='r') for f in set(which.tolist()) if files[f][3]}
+    learnt = np.stack([masks[f][i + 1:i + block_size + 1] != 0 if f in masks else np.ones(block_size, dtype=bool)
+                       for f, i in zip(which, ix)])
+    return windows, learnt, which

@@ -11,7 +11,10 @@ hf_dir/lora, for Hugging Face peft (PeftModel.from_pretrained on the model the r
 A model trained with bias=False gets zero biases (HF's GPT-2 always has them); a padded vocabulary stays
 padded. The folder holds the model's tokenizer, so AutoTokenizer.from_pretrained(hf_dir) works offline: GPT-2's
 vocab.json and merges.txt for a GPT-2 BPE model, a tokenizer.json of its characters for a char-level model, the
-dataset's own tokenizer.json for a model of data/prepare_text.py's bpe.
+dataset's own tokenizer.json for a model of data/prepare_text.py's bpe. A chat model's tokenizer holds its chat
+tokens as special tokens and its template as chat_template (data.CHAT_TEMPLATE), so that
+AutoTokenizer.from_pretrained(hf_dir).apply_chat_template(messages) gives the ids data.render_conversation gives
+(add_generation_prompt=True: render_prompt's), and generation_config.json stops generate where chat.py stops.
 """
 
 import os
@@ -24,7 +27,7 @@ import torch
 import hf
 from checkpoint import BEST, checkpoint_note, checkpoint_path, load_checkpoint, model_from_checkpoint
 from configurator import as_namespace, config_from_globals, load_config
-from data import find_tokenizer
+from data import CHAT_TEMPLATE, find_tokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the run to export
@@ -68,7 +71,10 @@ def export(cfg):
     print(checkpoint_note(path, ckpt))
     try:
         # the tokenizer first: it may need GPT-2's BPE files, and a failure then leaves no half-written folder
-        files = hf.save_tokenizer(tokenizer, hf_dir, model.config.block_size) if tokenizer else []
+        files = hf.save_tokenizer(tokenizer, hf_dir, model.config.block_size, CHAT_TEMPLATE) if tokenizer else []
+        if tokenizer and 'chat' in tokenizer:  # generate stops where chat.py does: <|end|>, or another chat token
+            end, chat = tokenizer['chat']['<|end|>'], set(tokenizer['chat'].values())
+            files.append(hf.save_generation_config(hf_dir, [end] + sorted(chat - {end})))
         hf.save_pretrained(model, hf_dir, getattr(torch, cfg.dtype))
         for name in set(old) - {'config.json', 'model.safetensors', *files}:
             os.remove(os.path.join(hf_dir, name))
@@ -84,6 +90,9 @@ def export(cfg):
         dropout = ckpt.get('config', {}).get('lora_dropout', 0.0)
         n = hf.save_lora_adapters(ckpt['lora'], lora_dir, dropout, getattr(torch, cfg.dtype))
         print(f"wrote {lora_dir}: the LoRA adapters alone ({n:,} weights), in Hugging Face peft's format")
+        if tokenizer and 'chat' in tokenizer:
+            print(f"note: the run also trained the token embedding (the chat tokens' rows), which the adapters alone "
+                  f"lack: use the merged model in {hf_dir}")
     return hf_dir
 
 

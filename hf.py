@@ -230,7 +230,8 @@ def save_pretrained(model, hf_dir, dtype=torch.float32):
     write_atomically(os.path.join(hf_dir, 'config.json'), lambda f: f.write(config))
 
 
-TOKENIZER_FILES = ('tokenizer.json', 'vocab.json', 'merges.txt', 'tokenizer_config.json', 'special_tokens_map.json')
+TOKENIZER_FILES = ('tokenizer.json', 'vocab.json', 'merges.txt', 'tokenizer_config.json', 'special_tokens_map.json',
+                   'generation_config.json')
 
 
 def model_files(folder):
@@ -263,28 +264,39 @@ def save_lora_adapters(lora, hf_dir, dropout=0.0, dtype=torch.float32):
 # BPE's tokenizer.json as it is, or, for a character vocabulary, a tokenizer.json of the tokenizers library (a BPE
 # with no merges: one token per character)
 
-def save_tokenizer(tokenizer, hf_dir, block_size):
-    """Write the tokenizer a checkpoint names (see data.dataset_tokenizer) into hf_dir; returns the files written."""
+def save_tokenizer(tokenizer, hf_dir, block_size, chat_template=None):
+    """
+    Write the tokenizer a checkpoint names (see data.dataset_tokenizer) into hf_dir; returns the files written. A
+    chat model's chat tokens (its 'chat' entry) become special tokens at their ids, and chat_template (Jinja, see
+    data.CHAT_TEMPLATE) goes into tokenizer_config.json, for AutoTokenizer's apply_chat_template.
+    """
     config = {'model_max_length': block_size, 'clean_up_tokenization_spaces': False}
+    chat = tokenizer.get('chat', {})
+    # special: never split, never made from text, decoded as written
+    added = [{'id': i, 'content': token, 'single_word': False, 'lstrip': False, 'rstrip': False, 'normalized': False,
+              'special': True} for token, i in sorted(chat.items(), key=lambda item: item[1])]
     if tokenizer['kind'] == 'gpt2':
         eot = '<|endoftext|>'
         files = gpt2_bpe_files()
         written = {'vocab.json': files['encoder.json'], 'merges.txt': files['vocab.bpe']}
         config.update(tokenizer_class='GPT2Tokenizer', bos_token=eot, eos_token=eot, unk_token=eot,
                       add_prefix_space=False)
-    elif tokenizer['kind'] == 'bpe':  # already a tokenizers file
+    elif tokenizer['kind'] == 'bpe':  # already a tokenizers file, its special tokens in it
         written = {'tokenizer.json': tokenizer['json'].encode('utf-8')}
         config.update(tokenizer_class='PreTrainedTokenizerFast')
     elif tokenizer['kind'] == 'char':
         model = {'type': 'BPE', 'dropout': None, 'unk_token': None, 'continuing_subword_prefix': None,
                  'end_of_word_suffix': None, 'fuse_unk': False, 'byte_fallback': False, 'ignore_merges': False,
                  'vocab': {c: i for i, c in enumerate(tokenizer['chars'])}, 'merges': []}
-        spec = {'version': '1.0', 'truncation': None, 'padding': None, 'added_tokens': [], 'normalizer': None,
+        spec = {'version': '1.0', 'truncation': None, 'padding': None, 'added_tokens': added, 'normalizer': None,
                 'pre_tokenizer': None, 'post_processor': None, 'decoder': {'type': 'Fuse'}, 'model': model}
         written = {'tokenizer.json': json.dumps(spec, ensure_ascii=False, indent=1).encode('utf-8')}
         config.update(tokenizer_class='PreTrainedTokenizerFast')
     else:
         raise UserError(f"cannot write a tokenizer of kind '{tokenizer['kind']}' for Hugging Face")
+    if chat:
+        config['added_tokens_decoder'] = {str(t.pop('id')): t for t in added}
+        config['chat_template'] = chat_template
     written['tokenizer_config.json'] = json.dumps(config, indent=2).encode('utf-8')
     os.makedirs(hf_dir, exist_ok=True)
     for name, data in written.items():
@@ -293,10 +305,19 @@ def save_tokenizer(tokenizer, hf_dir, block_size):
     return sorted(written)
 
 
+def save_generation_config(hf_dir, eos_token_ids):
+    """generation_config.json: transformers' generate stops at any of eos_token_ids (a chat model's chat tokens)."""
+    config = {'eos_token_id': eos_token_ids, 'pad_token_id': eos_token_ids[0]}
+    with open(os.path.join(hf_dir, 'generation_config.json'), 'w') as f:
+        json.dump(config, f, indent=2)
+    return 'generation_config.json'
+
+
 def read_tokenizer(model_dir):
     """
     The tokenizer.json in a model folder: {'kind': 'char', 'chars': [...]} for a character vocabulary as
-    save_tokenizer writes it, else {'kind': 'bpe', 'json': its text}; None for a folder without one.
+    save_tokenizer writes it (chat tokens, added as special tokens, among its entries), else {'kind': 'bpe', 'json':
+    its text}; None for a folder without one.
     """
     path = os.path.join(model_dir, 'tokenizer.json')
     if not os.path.isfile(path):
@@ -304,14 +325,28 @@ def read_tokenizer(model_dir):
     try:
         with open(path, encoding='utf-8') as f:
             text = f.read()
-        model = json.loads(text).get('model', {})
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        spec = json.loads(text)
+        model, added = spec.get('model', {}), {t['content'] for t in spec.get('added_tokens') or []}
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError, KeyError) as e:
         raise UserError(f"'{path}' is not a tokenizer.json ({e})") from None
     vocab = model.get('vocab')
     if model.get('type') == 'BPE' and not model.get('merges') and isinstance(vocab, dict) \
-            and sorted(vocab.values()) == list(range(len(vocab))) and all(len(c) == 1 for c in vocab):
+            and sorted(vocab.values()) == list(range(len(vocab))) and all(len(c) == 1 for c in vocab if c not in added):
         return {'kind': 'char', 'chars': sorted(vocab, key=vocab.get)}
     return {'kind': 'bpe', 'json': text}
+
+
+def read_special_tokens(model_dir):
+    """The special tokens a model folder's tokenizer_config.json gives ids ({token: id}); {} for none."""
+    path = os.path.join(model_dir, 'tokenizer_config.json')
+    try:
+        with open(path, encoding='utf-8') as f:
+            decoder = json.load(f).get('added_tokens_decoder') or {}
+        return {t['content']: int(i) for i, t in decoder.items() if t.get('special')}
+    except FileNotFoundError:
+        return {}
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError, KeyError, ValueError) as e:
+        raise UserError(f"'{path}' is not a tokenizer_config.json ({e})") from None
 
 
 # -----------------------------------------------------------------------------

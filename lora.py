@@ -65,10 +65,12 @@ def lora_target_names(cfg):
     return tuple(t.strip() for t in cfg.lora_targets.split(',') if t.strip())
 
 
-def init_lora(model, checkpoint, cfg):
+def init_lora(model, checkpoint, cfg, train_embedding=False):
     """
     With lora_rank > 0, freeze the model and give the lora_targets layers trainable adapters (LoRA). A resumed
     run keeps its LoRA settings, and gets back its exact base weights and adapters from the checkpoint's 'lora'.
+    With train_embedding (a dataset of conversations) the token embedding trains too, as peft's modules_to_save
+    would: the chat tokens' rows are new, and frozen they would stay alike.
     """
     settings = dict(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=list(lora_target_names(cfg)))
     saved = (checkpoint or {}).get('lora')
@@ -76,7 +78,8 @@ def init_lora(model, checkpoint, cfg):
         was = {k: saved.get(k) for k in settings} if isinstance(saved, dict) else dict(rank=0)
         if was != (settings if cfg.lora_rank else dict(rank=0)):
             text = ' '.join(f"lora_{k}={','.join(v) if k == 'targets' else v}" for k, v in was.items())
-            raise UserError(f"the run in '{cfg.out_dir}' was trained with {text}; resume it with the same settings")
+            raise UserError(f"the run in '{cfg.out_dir}' was trained with {text}; resume it with the same settings, or "
+                            f"finetune its weights in a new run with --init_from={cfg.out_dir} --out_dir=NEW")
     if not cfg.lora_rank:
         return
     if cfg.lora_rank > model.config.n_embd:  # an adapter's rank is at most its layer's smaller side, n_embd
@@ -91,8 +94,10 @@ def init_lora(model, checkpoint, cfg):
             raise UserError(f"the run in '{cfg.out_dir}' has a LoRA entry without its adapters' weights: its "
                             f"checkpoint is damaged or was not written by train.py; resume from another one")
         model.load_state_dict({**checkpoint['model'], **weights})
+    model.transformer.wte.weight.requires_grad_(train_embedding)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print0(f"LoRA: training {trainable:,} of {model.get_num_params(False):,} parameters (the adapters)")
+    what = 'the adapters, and the token embedding for the chat tokens' if train_embedding else 'the adapters'
+    print0(f"LoRA: training {trainable:,} of {model.get_num_params(False):,} parameters ({what})")
 
 
 def lora_checkpoint(state_dict, cfg):

@@ -279,12 +279,13 @@ class GPT(nn.Module):
     # generation, in gpt-fast's named steps: prefill the cache with the prompt, then decode one token at a time
 
     @torch.no_grad()
-    def prefill(self, idx, kv_caches):
-        """Run the prompt idx (b, t) through the model into kv_caches from position 0; the last logits (b, vocab)."""
+    def prefill(self, idx, kv_caches, start=0):
+        """Run idx (b, t) through the model into kv_caches at positions start.. (after the cached ones: a chat's new
+        turn), attending to those before; the last logits (b, vocab)."""
         t = idx.size(1)
-        if t > kv_caches[0].max_len:
-            raise ValueError(f"cannot prefill {t} tokens: the cache holds {kv_caches[0].max_len}")
-        logits, _ = self(idx, kv_caches=kv_caches, input_pos=torch.arange(t, device=idx.device))
+        if start + t > kv_caches[0].max_len:
+            raise ValueError(f"cannot prefill {t} tokens at {start}: the cache holds {kv_caches[0].max_len}")
+        logits, _ = self(idx, kv_caches=kv_caches, input_pos=torch.arange(start, start + t, device=idx.device))
         return logits[:, -1]
 
     @torch.no_grad()

@@ -33,6 +33,7 @@ from common import (UserError, all_or_none, compile_blocker, device_peak_flops, 
                     local_rank0_first, print0, return_freed_memory, run_main, setup, teardown, threads_text)
 import numpy as np
 import torch
+import torch.nn as nn
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -40,7 +41,7 @@ from checkpoint import (BEST, LAST, LOG, MODEL_ARGS, checkpoint_name, checkpoint
                         model_state, own_out_dir, save_state)
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
 from data import (DROPOUT, EVAL_BATCH, MAX_PARAMS_PER_TOKEN, SPLITS, TRAIN_BATCH, check_split_length, data_files,
-                  dataset_tokenizer, get_batch, meta_vocab_size, prepare_small_dataset, project_path)
+                  dataset_tokenizer, find_tokenizer, get_batch, meta_vocab_size, prepare_small_dataset, project_path)
 from lora import LORA_TARGETS, init_lora, lora_checkpoint, lora_target_names
 from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig
 from optim import check_optimizer_settings, configure_optimizer
@@ -54,7 +55,7 @@ log_interval = 1
 eval_iters = 200
 eval_only = False  # if True, script exits right after the first eval
 always_save_checkpoint = True  # if True, always save a checkpoint after each eval
-init_from = 'scratch'  # 'scratch', 'resume', 'gpt2'..'gpt2-xl', or a Hugging Face GPT-2 folder
+init_from = 'scratch'  # 'scratch', 'resume', 'gpt2'..'gpt2-xl', a Hugging Face GPT-2 folder, or a run's out_dir
 overwrite = False  # a new run may replace the run already in out_dir (deleting its checkpoints and log)
 eval_hellaswag = False  # also score HellaSwag (see hellaswag.py) at each eval; needs a GPT-2 BPE model
 hellaswag_examples = None  # score only the first N of its 10,042 examples at each eval; None: all
@@ -378,7 +379,7 @@ def data_notes(cfg, model, files, tokenizer):
              f"({GPT2_VOCAB_SIZE} rounded up)"] if tokenizer['kind'] == 'gpt2' else []
     c = model.config
     blocks = sum(p.numel() for p in model.transformer.h.parameters())  # the embeddings' unused rows do not count
-    tokens = sum(n for _, _, n in files['train'])
+    tokens = sum(n for _, _, n, _ in files['train'])
     if blocks < MAX_PARAMS_PER_TOKEN * tokens:
         return notes
     smaller = f"--n_layer={max(1, c.n_layer // 2)} --n_embd={max(1, c.n_embd // 2 // c.n_head) * c.n_head}"
@@ -460,24 +461,25 @@ def read_start(cfg, rt, data_dir):
     What start_run reads, each process alike, checked against each other: the data's files, the model, its
     checkpoint (None for a new run) and the tokenizer (read once: the data folder may go during the run).
     """
-    data_vocab_size = meta_vocab_size(data_dir)
-    raw_model, checkpoint = init_model(cfg, data_vocab_size, rt.master and not cfg.eval_only)
+    data_vocab_size, tokenizer = meta_vocab_size(data_dir), dataset_tokenizer(data_dir)
+    raw_model, checkpoint = init_model(cfg, data_vocab_size, tokenizer, rt.master and not cfg.eval_only)
     fit_model(raw_model, checkpoint, cfg, data_vocab_size)
-    tokenizer = dataset_tokenizer(data_dir)
     if checkpoint is not None:
         check_resume(cfg, checkpoint, tokenizer)
-    files = {split: data_files(data_dir, split) for split in SPLITS}
+    files = {split: data_files(data_dir, split) for split in SPLITS}  # with the loss masks of conversations
     for split, split_files in files.items():
         check_split_length(split_files, split, raw_model.config.block_size, data_dir)
-    init_lora(raw_model, checkpoint, cfg)
+    init_lora(raw_model, checkpoint, cfg, train_embedding='chat' in tokenizer)
     return files, raw_model, checkpoint, tokenizer
 
 
-def init_model(cfg, data_vocab_size, owner=False):
+def init_model(cfg, data_vocab_size, data_tokenizer=None, owner=False):
     """
-    Build the model: from scratch, from the run in out_dir, or from pretrained weights (OpenAI's GPT-2 by name,
-    or a Hugging Face folder). Returns (model, checkpoint or None). owner: this process writes out_dir (it sets
-    a damaged checkpoint aside: checkpoint.resume_checkpoint).
+    Build the model: from scratch, from the run in out_dir, or from pretrained weights (OpenAI's GPT-2 by name, a
+    Hugging Face folder, or another run's folder, afresh: a new run in out_dir). A pretrained model gets rows for the
+    chat tokens that a dataset of conversations (data_tokenizer, see data.dataset_tokenizer) adds to its vocabulary.
+    Returns (model, checkpoint or None): the checkpoint of the run resumed. owner: this process writes out_dir (it
+    sets a damaged checkpoint aside: checkpoint.resume_checkpoint).
     """
     if cfg.init_from == 'scratch':
         model_args = {k: getattr(cfg, k) for k in MODEL_ARGS if k != 'vocab_size'}
@@ -492,9 +494,42 @@ def init_model(cfg, data_vocab_size, owner=False):
     if cfg.init_from in GPT2_SIZES or os.path.isdir(cfg.init_from):
         print0(f"initializing from pretrained weights: {cfg.init_from}")
         # the shape, vocabulary and biases are the pretrained model's; the checkpoint's model_args record them
-        return load_model(cfg.init_from, cfg.out_dir, dropout=cfg.dropout)
+        model, run = load_model(cfg.init_from, cfg.out_dir, dropout=cfg.dropout)  # run: another run's checkpoint
+        if data_tokenizer and 'chat' in data_tokenizer:
+            add_chat_tokens(model, find_tokenizer(cfg.init_from, run, model.config.vocab_size), data_tokenizer,
+                            data_vocab_size, cfg)
+        return model, None
     raise UserError(f"unknown init_from '{cfg.init_from}'; use 'scratch', 'resume', one of "
-                    f"{', '.join(GPT2_SIZES)}, or a Hugging Face model folder")
+                    f"{', '.join(GPT2_SIZES)}, a Hugging Face model folder or a run's folder")
+
+
+def text_vocabulary(tokenizer):
+    """What a tokenizer (see data.dataset_tokenizer) makes of text, without its chat tokens: equal for the same."""
+    if tokenizer['kind'] == 'char':
+        return [c for c in tokenizer['chars'] if c not in tokenizer.get('chat', {})]
+    return json.loads(tokenizer['json'])['model']['merges'] if tokenizer['kind'] == 'bpe' else tokenizer['kind']
+
+
+@torch.no_grad()
+def add_chat_tokens(model, tokenizer, data_tokenizer, vocab_size, cfg):
+    """
+    Check that a dataset of conversations was made with a pretrained model's tokenizer (plus the chat tokens), and
+    grow the model's vocabulary to the data's vocab_size where it is smaller (GPT-2's 50,257: the chat tokens take
+    50,257.. of the padding up to 50,304). The token embedding's new rows (lm_head's too: they are tied) start at the
+    mean of the others, so that a new token first looks like an average one
+    (https://nlp.stanford.edu/~johnhew/vocab-expansion.html).
+    """
+    if text_vocabulary(tokenizer) != text_vocabulary(data_tokenizer):
+        raise UserError(f"data/{cfg.dataset} was prepared with another vocabulary than the model's in "
+                        f"'{cfg.init_from}' ({tokenizer['kind']}); prepare it with the model's tokenizer")
+    if vocab_size <= model.config.vocab_size:
+        return
+    wte = model.transformer.wte
+    rows = wte.weight.mean(dim=0, keepdim=True).expand(vocab_size - wte.num_embeddings, -1)
+    wte.weight = nn.Parameter(torch.cat([wte.weight, rows]))
+    model.lm_head.weight = wte.weight
+    wte.num_embeddings = model.lm_head.out_features = model.config.vocab_size = vocab_size
+    print0(f"vocab_size {vocab_size}: the chat tokens' rows start at the mean token embedding")
 
 
 @torch.no_grad()
@@ -868,7 +903,7 @@ def run_header(cfg, rt, raw_model, model, optimizer, files, tokens_per_iter, ite
     """
     c = raw_model.config
     compiled = hasattr(getattr(model, 'module', model), '_orig_mod')  # torch.compile's wrapper, maybe in DDP's
-    tokens = {split: sum(n for _, _, n in split_files) for split, split_files in files.items()}
+    tokens = {split: sum(n for _, _, n, _ in split_files) for split, split_files in files.items()}
     processes = f", {rt.world_size} processes" if rt.ddp else ''
     start = (f"resuming from iteration {iter_num}, best val loss {best[0]:.4f}" if iter_num
              else "starting at iteration 0")

@@ -5,6 +5,7 @@ and meta.pkl for a vocabulary of the corpus's own.
 $ python data/prepare_text.py --input=book.txt --dataset=book                       # characters
 $ python data/prepare_text.py --input=notes/ --input=more.jsonl --dataset=notes --tokenizer=gpt2
 $ python data/prepare_text.py --input='corpus/*.txt' --dataset=corpus --tokenizer=bpe --vocab_size=8192
+$ python data/prepare_text.py --format=chat --input=chats.jsonl --dataset=chats --tokenizer=gpt2 --block_size=1024
 
 then the run it suggests (`python train.py config/train_shakespeare_char_cpu.py --dataset=NAME ...` for a small
 corpus) and `python sample.py --out_dir=...`.
@@ -24,6 +25,15 @@ With gpt2 and bpe, the end-of-text token follows every document when there are s
 
 The val split: a fixed, evenly spread val_fraction of the documents when there are several; else the last
 val_fraction of the text, as for Tiny Shakespeare. The same input gives byte-identical files.
+
+Conversations (--format=chat): .jsonl files of {"messages": [{"role": "system"|"user"|"assistant", "content":
+"..."}, ...]} a line (OpenAI's and Hugging Face's format), each rendered with the chat template of data.py
+(render_conversation) and written with its loss mask beside it: train_mask.bin and val_mask.bin, one uint8 per
+token, 1 on the assistant's content and its <|end|>. meta.pkl records the chat tokens' ids: for char, the
+characters then the chat tokens; for gpt2, the ids 50257.. of GPT-2's padding; for bpe, special tokens of the
+BPE. A conversation longer than block_size tokens is cut after its last assistant message that fits, or dropped
+if not even its first does; the counts are printed. The val split: a fixed, evenly spread val_fraction of the
+conversations. See docs/chat.md.
 """
 
 import glob
@@ -39,11 +49,13 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from common import UserError, gpt2_encoding, run_main  # noqa: E402
 from configurator import ConfigError, as_namespace, config_from_globals, load_config  # noqa: E402
-from data import (MAX_PARAMS_PER_TOKEN, DatasetFiles, Progress, encode_pieces, import_tokenizers,  # noqa: E402
-                  load_tokenizer, ordered_map, project_path)
+from data import (CHAT_TOKENS, END, GPT2_CHAT_ID, MAX_PARAMS_PER_TOKEN, DatasetFiles, Progress, chat_ids,  # noqa: E402
+                  check_conversation, encode_pieces, import_tokenizers, load_tokenizer, ordered_map, project_path,
+                  render_conversation)
 
 # -----------------------------------------------------------------------------
 input = []  # text files, folders, .jsonl files or globs; give --input=... once for each
+format = 'text'  # 'text': documents; 'chat': .jsonl conversations, trained on the assistant's tokens only
 dataset = ''  # the dataset's name: writes data/<dataset>/
 tokenizer = 'char'  # 'char', 'gpt2' or 'bpe'
 vocab_size = 8192  # bpe only: the number of tokens, end-of-text included
@@ -53,13 +65,16 @@ text_field = 'text'  # the field of a .jsonl line that holds its text
 errors = 'strict'  # 'strict': text that is not UTF-8 is an error; 'replace': bad bytes become U+FFFD
 overwrite = False  # replace the dataset already in data/<dataset>
 num_proc = None  # worker processes that tokenize; None: one per core (fewer for a small corpus)
+block_size = 1024  # chat only: the context of the model to train; longer conversations are cut or dropped
 # -----------------------------------------------------------------------------
 DEFAULTS = config_from_globals(globals())
 TYPES = {'num_proc': int, 'bpe_train_bytes': int}  # None allowed
 
 TOKENIZERS = ('char', 'gpt2', 'bpe')
 TEXT_SUFFIXES = ('.txt', '.md')
-DATASET_FILES = ('train.bin', 'val.bin', 'meta.pkl', 'tokenizer.json')  # what this script writes and replaces
+# what this script writes and replaces
+DATASET_FILES = ('train.bin', 'val.bin', 'meta.pkl', 'tokenizer.json', 'train_mask.bin', 'val_mask.bin')
+FORMATS = ('text', 'chat')
 EOT = '<|endoftext|>'
 MAX_CHARS = 2 ** 16 - 1  # distinct characters a char vocabulary may have
 BLOCK_BYTES = 1 << 20  # files are read in blocks of this many bytes
@@ -78,6 +93,10 @@ def check_settings(cfg):
         raise ConfigError(f"dataset={cfg.dataset!r} must be a plain folder name, e.g. --dataset=mytext")
     if cfg.tokenizer not in TOKENIZERS:
         raise ConfigError(f"tokenizer={cfg.tokenizer!r}; use {', '.join(TOKENIZERS)}")
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format!r}; use {', '.join(FORMATS)}")
+    if cfg.block_size < 2:
+        raise ConfigError(f"block_size={cfg.block_size} must be at least 2 (train.py's block_size)")
     if cfg.tokenizer == 'bpe' and not 257 <= cfg.vocab_size <= 2 ** 16:
         raise ConfigError(f"vocab_size={cfg.vocab_size} must be 257 (the 256 bytes and end-of-text) to 65536")
     if not 0.0 < cfg.val_fraction < 1.0:
@@ -184,9 +203,10 @@ def text_blocks(path, errors, counter):
                 return
 
 
-def jsonl_documents(path, text_field, errors, counter):
+def jsonl_records(path, errors, counter, expected='one JSON object'):
     """
-    The texts of a .jsonl file's lines (blank lines skipped; a UTF-8 byte order mark before the first is allowed).
+    (line number, record) for each line of a .jsonl file, blank lines skipped (a UTF-8 byte order mark before the
+    first is allowed); a line that is not JSON is a UserError naming it and saying that each line must be expected.
     counter[0] counts the bytes read.
     """
     with open_input(path) as f:
@@ -204,18 +224,24 @@ def jsonl_documents(path, text_field, errors, counter):
                 record = json.loads(text)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{number}: not JSON ({e.msg}); each line of a .jsonl file must be "
-                                f"one JSON object") from None
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise UserError(f"{path}:{number}: no text in field '{text_field}'; name the field that holds "
-                                f"the text with --text_field=...")
-            text = record[text_field]
-            if SURROGATE.search(text):  # a \ud800-style escape JSON allows, which is half a character, not text
-                if errors == 'strict':
-                    raise UserError(f"{path}:{number}: the text holds a lone surrogate escape "
-                                    f"({SURROGATE.search(text)[0].encode('unicode_escape').decode()}), half of a "
-                                    f"character, not text; fix it, or pass --errors=replace")
-                text = SURROGATE.sub('\ufffd', text)
-            yield text
+                                f"{expected}") from None
+            yield number, record
+
+
+def jsonl_documents(path, text_field, errors, counter):
+    """The texts of a .jsonl file's lines (blank lines skipped). counter[0] counts the bytes read."""
+    for number, record in jsonl_records(path, errors, counter):
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            raise UserError(f"{path}:{number}: no text in field '{text_field}'; name the field that holds "
+                            f"the text with --text_field=...")
+        text = record[text_field]
+        if SURROGATE.search(text):  # a \ud800-style escape JSON allows, which is half a character, not text
+            if errors == 'strict':
+                raise UserError(f"{path}:{number}: the text holds a lone surrogate escape "
+                                f"({SURROGATE.search(text)[0].encode('unicode_escape').decode()}), half of a "
+                                f"character, not text; fix it, or pass --errors=replace")
+            text = SURROGATE.sub('\ufffd', text)
+        yield text
 
 
 SURROGATE = re.compile('[\ud800-\udfff]')
@@ -346,15 +372,18 @@ def make_encoder(kind, vocab, with_eot):
     return lambda pieces: encode_pieces(lambda text: tok.encode(text, add_special_tokens=False).ids, pieces, eot)
 
 
-def train_bpe(pieces, vocab_size, path):
-    """Train a byte-level BPE (GPT-2's kind: any text round-trips exactly) on the pieces; save it to path."""
+def train_bpe(pieces, vocab_size, path, special_tokens=()):
+    """
+    Train a byte-level BPE (GPT-2's kind: any text round-trips exactly) on the pieces; save it to path. Its special
+    tokens: end-of-text (id 0), then special_tokens.
+    """
     tokenizers = import_tokenizers()
     from tokenizers import decoders, models, pre_tokenizers, trainers
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT, *special_tokens],
+                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     # one thread: a bounded sample trains in seconds, and each thread would keep word counts of its own
     os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # (also: no warning when the workers fork)
     tok.train_from_iterator(pieces, trainer=trainer)
@@ -445,6 +474,126 @@ def write_splits(cfg, files, num_docs, num_chars, vocab, total_bytes, out):
     return counts
 
 
+# -----------------------------------------------------------------------------
+# conversations (--format=chat)
+
+def read_conversations(files, errors, counter):
+    """
+    (where, messages) for each conversation of the .jsonl files, where being 'path:line'. A line that is not one
+    is a UserError naming it. counter[0] counts the bytes read.
+    """
+    for path in files:
+        if not path.endswith('.jsonl'):
+            raise UserError(f"'{path}' is not a .jsonl file; format=chat reads conversations, one "
+                            f"{{\"messages\": [...]}} a line")
+        for number, record in jsonl_records(path, errors, counter, 'one conversation, {"messages": [...]}'):
+            if not isinstance(record, dict) or 'messages' not in record:
+                raise UserError(f"{path}:{number}: no 'messages'; each line must be one conversation, "
+                                f"{{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}}")
+            yield f"{path}:{number}", record['messages']
+
+
+def chat_encoder(kind, vocab):
+    """Text to token ids for a conversation's messages (the chat template adds the chat tokens)."""
+    if kind == 'char':
+        return char_encoder(vocab)
+    if kind == 'gpt2':
+        return gpt2_encoding().encode_ordinary
+    tok = load_tokenizer(vocab)
+    tok.encode_special_tokens = True  # (the template refuses special tokens' text in messages anyway)
+    return lambda text: tok.encode(text, add_special_tokens=False).ids
+
+
+def chat_vocab(cfg, files, chars, out):
+    """The tokenizer's vocabulary (as make_vocab's) with the chat tokens, and the meta.pkl recording their ids."""
+    if cfg.tokenizer == 'char':
+        vocab = ''.join(sorted(chars))
+        # the chat tokens after the characters, as entries of their own: nanoGPT's sample.py, which joins itos's
+        # entries, decodes them too
+        itos = list(vocab) + list(CHAT_TOKENS)
+        print(f"vocab size: {len(itos):,} ({len(vocab):,} characters and {len(CHAT_TOKENS)} chat tokens)")
+        return vocab, {'vocab_size': len(itos), 'itos': dict(enumerate(itos)), 'stoi': {c: i for i, c in
+                       enumerate(itos)}, 'chat': chat_ids(len(vocab))}
+    if cfg.tokenizer == 'gpt2':
+        gpt2_encoding()
+        # GPT-2's padded vocabulary (50,304 = 50,257 rounded up to a multiple of 64) holds the chat tokens
+        return None, {'vocab_size': 50304, 'chat': chat_ids(GPT2_CHAT_ID)}
+    contents = (m['content'] for _, messages in read_conversations(files, cfg.errors, [0]) for m in messages)
+    tok = train_bpe(contents, cfg.vocab_size, out.temp_path('tokenizer.json'), special_tokens=CHAT_TOKENS)
+    chat = {token: tok.token_to_id(token) for token in CHAT_TOKENS}
+    print(f"vocab size: {tok.get_vocab_size():,} BPE tokens, the chat tokens among them")
+    return out.temp_path('tokenizer.json'), {'vocab_size': tok.get_vocab_size(), 'tokenizer': 'tokenizer.json',
+                                             'eot_token': tok.token_to_id(EOT), 'chat': chat}
+
+
+def fit_context(ids, mask, end, block_size):
+    """
+    A conversation's ids and mask within block_size tokens: whole if it fits, else cut after its last assistant
+    message that fits (after an <|end|> that is learnt), else None (dropped: not even its first reply fits).
+    """
+    if len(ids) <= block_size:
+        return ids, mask
+    ends = [i + 1 for i in range(block_size) if ids[i] == end and mask[i]]
+    return (ids[:ends[-1]], mask[:ends[-1]]) if ends else None
+
+
+def prepare_chat(cfg, files, data_dir):
+    """prepare_text for conversations: check them all, then write the tokens and loss masks of both splits."""
+    total_bytes = sum(os.path.getsize(f) for f in files)
+    num_convs, chars = 0, set()
+    with Progress('checking the conversations', total_bytes) as progress:
+        counter = [0]
+        for where, messages in read_conversations(files, cfg.errors, counter):
+            try:
+                check_conversation(messages)
+            except UserError as e:
+                raise UserError(f"{where}: {e}") from None
+            num_convs += 1
+            chars.update(*(m['content'] for m in messages))
+            progress(counter[0])
+    print(f"{count(len(files), 'file')}, {count(num_convs, 'conversation')}")
+    num_val = max(1, round(num_convs * cfg.val_fraction))
+    if num_val >= num_convs:
+        raise UserError(f"too few conversations ({num_convs:,}) to split into train and val with "
+                        f"val_fraction={cfg.val_fraction}; give more")
+    with DatasetFiles(data_dir, replaces=DATASET_FILES) as out:  # all files, or none and the old ones kept
+        vocab, meta = chat_vocab(cfg, files, chars, out)
+        counts = write_conversations(cfg, files, num_convs, num_val, vocab, meta['chat'], out)
+        out.write_meta(meta)
+    for split, n in counts.items():
+        print(f"{split}.bin has {n:,} tokens, {split}_mask.bin beside it")
+    print(f"wrote '{data_dir}'; train on it with python train.py --dataset={cfg.dataset} "
+          f"--block_size={cfg.block_size} ...")
+    return counts
+
+
+def write_conversations(cfg, files, num_convs, num_val, vocab, chat, out):
+    """Render each conversation, fit it to block_size, and append its tokens and mask to its split's files."""
+    encode = chat_encoder(cfg.tokenizer, vocab)
+    counts, cut, dropped, first = {'train': 0, 'val': 0}, 0, 0, None
+    counter = [0]
+    with Progress('tokenizing', sum(os.path.getsize(f) for f in files)) as progress:
+        for n, (where, messages) in enumerate(read_conversations(files, cfg.errors, counter)):
+            split = 'val' if (n + 1) * num_val // num_convs > n * num_val // num_convs else 'train'
+            ids, mask = render_conversation(messages, encode, chat)
+            fitted = fit_context(ids, mask, chat[END], cfg.block_size)
+            if fitted is None or len(fitted[0]) < len(ids):
+                cut, dropped, first = cut + (fitted is not None), dropped + (fitted is None), first or where
+            if fitted is not None:
+                counts[split] += out.write_tokens(f'{split}.bin', fitted[0])
+                out.write_mask(f'{split}_mask.bin', fitted[1])
+            progress(counter[0])
+    rule = (f"{count(cut + dropped, 'conversation')} longer than block_size={cfg.block_size} tokens (the first at "
+            f"{first}): {cut:,} cut after the last assistant message that fits, {dropped:,} dropped (not even the "
+            f"first reply fits)")
+    empty = [split for split, n in counts.items() if not n]
+    if empty:
+        raise UserError(f"no {empty[0]} conversation is left: {rule}; raise block_size")
+    if cut or dropped:
+        print(f"note: {rule}")
+    return counts
+
+
 def prepare_text(cfg, data_root='data'):
     """Write data_root/<dataset>/ from cfg's inputs; returns the number of tokens in each split."""
     cfg = as_namespace(cfg)
@@ -458,6 +607,8 @@ def prepare_text(cfg, data_root='data'):
                             f"not a folder; move it, or run from another folder")
     check_folder(data_dir, cfg.overwrite)
     files = find_files(cfg.input)
+    if cfg.format == 'chat':
+        return prepare_chat(cfg, files, data_dir)
     total_bytes = sum(os.path.getsize(f) for f in files)
     num_docs, num_chars, num_bytes, chars = scan(files, cfg, total_bytes)
     print(f"{count(len(files), 'file')}, {count(num_docs, 'document')}, {count(num_chars, 'character')}")

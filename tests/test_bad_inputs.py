@@ -343,7 +343,7 @@ def test_a_dataset_changed_under_a_run(tmp_path):
     path = tmp_path / 'train.bin'
     import numpy as np
     np.arange(100, dtype=np.uint16).tofile(path)
-    files = [(str(path), 0, 100)]
+    files = [(str(path), 0, 100, None)]  # as data_files gives them: no loss mask
     get_batch(files, 2, 8, 0)
     np.arange(10, dtype=np.uint16).tofile(path)  # prepared again, smaller, while the run goes on
     with pytest.raises(UserError, match="its dataset was changed or deleted while this run used it"):

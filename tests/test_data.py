@@ -60,12 +60,12 @@ def test_bad_shards_are_clear_errors_naming_the_file(tmp_path, how, message):
 
 def test_data_files_headerless_bin_or_shards(tmp_path):
     np.arange(50, dtype=np.uint16).tofile(tmp_path / 'train.bin')
-    assert data_files(str(tmp_path), 'train') == [(str(tmp_path / 'train.bin'), 0, 50)]
+    assert data_files(str(tmp_path), 'train') == [(str(tmp_path / 'train.bin'), 0, 50, None)]
     for i, n in [(2, 30), (1, 20)]:
         write_shard(str(tmp_path / f'fw_val_{i:06d}.bin'), np.arange(n))
     assert data_files(str(tmp_path), 'val') == [
-        (str(tmp_path / 'fw_val_000001.bin'), SHARD_HEADER_BYTES, 20),
-        (str(tmp_path / 'fw_val_000002.bin'), SHARD_HEADER_BYTES, 30)]
+        (str(tmp_path / 'fw_val_000001.bin'), SHARD_HEADER_BYTES, 20, None),
+        (str(tmp_path / 'fw_val_000002.bin'), SHARD_HEADER_BYTES, 30, None)]
     (tmp_path / 'fw_val_000003.bin.part').write_bytes(b'partial download')  # not a shard: ignored
     assert len(data_files(str(tmp_path), 'val')) == 2
     with pytest.raises(UserError, match=r"no test data in .*run `python data/prepare_text.py --input=PATH "
@@ -91,7 +91,7 @@ def test_one_shard_gives_the_batches_of_the_same_headerless_file(tmp_path):
     tokens.tofile(tmp_path / 'train.bin')
     write_shard(str(tmp_path / 'shard_train_000001.bin'), tokens)
     plain = get_batch(str(tmp_path / 'train.bin'), 8, 16, 1337, 0, 3, 1)
-    shard = get_batch([(str(tmp_path / 'shard_train_000001.bin'), SHARD_HEADER_BYTES, 500)], 8, 16,
+    shard = get_batch([(str(tmp_path / 'shard_train_000001.bin'), SHARD_HEADER_BYTES, 500, None)], 8, 16,
                             1337, 0, 3, 1)
     assert torch.equal(plain[0], shard[0]) and torch.equal(plain[1], shard[1])
 

@@ -99,7 +99,7 @@ def test_train_py_shows_the_run_first():
 
 
 def test_the_scripts_functions_fit_on_a_screen():
-    for script in ('train.py', 'sample.py', 'bench.py', 'serve.py'):
+    for script in ('train.py', 'sample.py', 'bench.py', 'serve.py', 'chat.py'):
         with open(os.path.join(REPO, script), encoding='utf-8') as f:
             tree = ast.parse(f.read())
         for node in ast.walk(tree):
