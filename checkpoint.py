@@ -23,7 +23,6 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimi
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-import hf
 from common import UserError, first_line, os_reason, print0, write_atomically
 from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, MODEL_ARGS, GPTConfig
 
@@ -473,6 +472,7 @@ def load_pretrained(model_type, dropout=0.0):
     or any GPT-2-architecture model in a Hugging Face folder on disk (config.json plus weights): hf.py reads the
     files and maps Hugging Face's names and layout onto model.py's. A file that does not fit is a UserError.
     """
+    import hf  # only pretrained models need it (and requests, which a run from a checkpoint does not load)
     if model_type in GPT2_SIZES:
         config_args = dict(GPT2_SIZES[model_type], vocab_size=GPT2_VOCAB_SIZE, block_size=1024, bias=True)
         weights = hf.read_safetensors(hf.gpt2_safetensors(model_type))
