@@ -251,15 +251,14 @@ def _check_writable(out_dir):
     than at its first save: a folder made read-only since, a log.jsonl that cannot be appended to.
     """
     probe = os.path.join(out_dir, f'{BEST}.{os.getpid()}.probe.tmp')  # a kill leaves one _temporary_files finds
-    try:
-        open(probe, 'x').close()
-        os.remove(probe)
-        if os.path.exists(os.path.join(out_dir, LOG)):
-            open(os.path.join(out_dir, LOG), 'a').close()
-    except OSError as e:
-        name = f"'{e.filename}'" if e.filename else f"out_dir '{out_dir}'"
-        raise UserError(f"cannot write {name} ({os_reason(e)}); fix the permissions of out_dir '{out_dir}', or "
-                        f"choose another --out_dir") from None
+    log = os.path.join(out_dir, LOG)
+    for path, test in ((out_dir, lambda: open(probe, 'x').close() or os.remove(probe)),
+                       (log, lambda: os.path.exists(log) and open(log, 'a').close())):
+        try:
+            test()
+        except OSError as e:
+            raise UserError(f"cannot write {'to out_dir ' if path == out_dir else ''}'{path}' ({os_reason(e)}); fix "
+                            f"its permissions, or choose another --out_dir") from None
 
 
 def _remove_if_unused(out_dir):
