@@ -553,14 +553,14 @@ def write_atomically(path, write):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
+        if isinstance(e, RuntimeError):  # torch's zip writer's '[enforce fail at ...]': mostly a full disk
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free  # before the partial file goes
+            reason = f"the write failed with {free / 1e6:,.1f} MB free on its disk"
+        elif isinstance(e, OSError):
+            reason = os_reason(e)
         with suppress(FileNotFoundError):
             os.remove(tmp)
         if isinstance(e, (OSError, RuntimeError)):
-            if isinstance(e, OSError):
-                reason = os_reason(e)
-            else:  # torch's zip writer reports a failed write (a full disk, mostly) as '[enforce fail at ...]'
-                free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-                reason = f"the write failed with {free / 1e6:,.0f} MB free on its disk"
             raise UserError(f"could not write '{path}' ({reason}); the file there before, if any, is "
                             f"intact: free disk space or fix the folder's permissions, then try again") from None
         raise

@@ -160,8 +160,8 @@ def test_resume_into_a_folder_it_cannot_write_stops_at_the_start(trained):
     log.unlink()
     log.mkdir()  # a log that cannot be appended to (as root, permissions would not stop the write)
     r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=4', '--init_from=resume', cwd=trained)
-    assert_one_line_error(r, f"cannot write '{os.path.join('out', 'log.jsonl')}' (Is a directory); fix the "
-                             f"permissions of out_dir 'out'")
+    assert_one_line_error(r, f"cannot write '{os.path.join('out', 'log.jsonl')}' (Is a directory); fix its "
+                             f"permissions, or choose another --out_dir")
     assert r.stdout == ''
     log.rmdir()
     log.write_bytes(records)
@@ -174,7 +174,7 @@ def test_resume_into_a_read_only_folder_stops_at_the_start(trained):
         r = run_in_process('train.py', *TINY, '--out_dir=out', '--max_iters=4', '--init_from=resume', cwd=trained)
     finally:
         os.chmod(trained / 'out', 0o755)
-    assert_one_line_error(r, "(Permission denied); fix the permissions of out_dir 'out'")
+    assert_one_line_error(r, "cannot write to out_dir 'out' (Permission denied); fix its permissions")
 
 
 # -----------------------------------------------------------------------------
