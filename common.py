@@ -21,11 +21,12 @@ from dataclasses import dataclass
 
 from configurator import ConfigError
 
-# OpenMP's threads wait for work asleep instead of spinning, unless OMP_WAIT_POLICY says otherwise: on a machine that
-# other work keeps busy, a spinning thread holds a core that the thread it waits for needs, and PyTorch's default two
-# threads on two busy cores ran 6x slower than one thread (docs/threads.md). torch's OpenMP reads this once, when
-# torch is imported: the scripts import common before torch.
-os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+# OpenMP's threads wait for work asleep instead of spinning, unless the user set how they wait: on a machine that other
+# work keeps busy, a spinning thread holds a core that the thread it waits for needs, and PyTorch's default two threads
+# on two busy cores ran sample.py 10x slower (docs/threads.md). torch's OpenMP reads this once, when torch is
+# imported: the scripts import common before torch.
+if not any(k in os.environ for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME')):
+    os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
 
 
 class UserError(Exception):

@@ -68,6 +68,8 @@ dataset = 'openwebtext'
 change_dataset = False  # a resumed run may go on training on another dataset than its own
 gradient_accumulation_steps = 5 * 8  # used to simulate larger batch sizes; the total over all processes
 batch_size = 12  # if gradient_accumulation_steps > 1, this is the micro-batch size
+batch_size_warmup_iters = 0  # the micro-batch grows linearly from batch_size_start sequences to batch_size over these
+batch_size_start = 1
 block_size = 1024
 # model
 n_layer = 12
@@ -189,8 +191,7 @@ def train_loop(cfg, rt, stop):
     for line in header + schedule_warnings(cfg) + data_notes(cfg, raw_model, files, tokenizer):
         print0(line)
     # the batch of (iteration, micro-step), a function of the seed alone: the same for 1 or N processes
-    train_batch = functools.partial(get_batch, files['train'], cfg.batch_size, raw_model.config.block_size,
-                                    cfg.seed, TRAIN_BATCH, device=rt.device, vocab_size=raw_model.config.vocab_size)
+    train_batch = functools.partial(get_train_batch, files['train'], cfg, raw_model.config, rt.device)
     batch = train_batch(iter_num, rt.rank * accum_steps)
     # non-finite losses are counted on the device and checked where the loop syncs anyway
     nonfinite = torch.zeros(2, dtype=torch.long, device=rt.device)
@@ -309,10 +310,12 @@ def train_step(model, optimizer, scaler, batch, next_batch, it, rt, accum_steps=
 def check_settings(cfg):
     """Values that pass the type check but cannot work; a ConfigError names the setting."""
     require(cfg, ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
-                  'log_interval', 'n_layer', 'n_head', 'n_embd', 'hellaswag_examples', 'muon_ns_steps'),
+                  'log_interval', 'n_layer', 'n_head', 'n_embd', 'hellaswag_examples', 'muon_ns_steps',
+                  'batch_size_start'),
             lambda v: v >= 1, 'at least 1')
     require(cfg, ('max_iters', 'warmup_iters', 'lr_decay_iters', 'learning_rate', 'min_lr', 'weight_decay',
-                  'grad_clip', 'lora_rank', 'muon_lr', 'muon_weight_decay', 'muon_momentum_warmup_iters'),
+                  'grad_clip', 'lora_rank', 'muon_lr', 'muon_weight_decay', 'muon_momentum_warmup_iters',
+                  'batch_size_warmup_iters'),
             lambda v: v >= 0, '0 or more')
     require(cfg, ('dropout', 'beta1', 'beta2', 'lora_dropout', 'muon_momentum', 'muon_momentum_start'),
             lambda v: 0 <= v < 1, 'in [0, 1)')
@@ -426,6 +429,19 @@ def get_lr(it, cfg):
     else:
         coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # coeff ranges 0..1
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+
+
+def get_batch_size(it, cfg):
+    """The micro-batch of iteration it: batch_size, after rising linearly from batch_size_start if asked."""
+    if it >= cfg.batch_size_warmup_iters:
+        return cfg.batch_size
+    return round(cfg.batch_size_start + it / cfg.batch_size_warmup_iters * (cfg.batch_size - cfg.batch_size_start))
+
+
+def get_train_batch(files, cfg, config, device, it, micro_step):
+    """The training batch of (iteration, micro-step), a function of the seed alone (see data.get_batch)."""
+    return get_batch(files, get_batch_size(it, cfg), config.block_size, cfg.seed, TRAIN_BATCH, it, micro_step,
+                     device=device, vocab_size=config.vocab_size)
 
 
 def get_muon_momentum(it, cfg):

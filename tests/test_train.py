@@ -64,6 +64,18 @@ def test_muon_momentum_warms_up_and_only_muon_takes_it():
     assert all('momentum' not in g for g in adamw.param_groups)
 
 
+def test_batch_size_warmup_grows_the_batch_then_draws_as_before(char_data):
+    cfg = SimpleNamespace(batch_size=12, batch_size_start=4, batch_size_warmup_iters=100, seed=1337)
+    assert [train.get_batch_size(i, cfg) for i in (0, 50, 99, 100, 500)] == [4, 8, 12, 12, 12]
+    files = str(char_data / 'data' / 'shakespeare_char' / 'train.bin')
+    config = tiny_config(block_size=8, vocab_size=65)
+    assert train.get_train_batch(files, cfg, config, 'cpu', 50, 1)[0].shape == (8, 8)
+    cfg.batch_size_warmup_iters = 0  # the default: every batch is get_batch's of batch_size
+    for a, b in zip(train.get_train_batch(files, cfg, config, 'cpu', 7, 1),
+                    get_batch(files, 12, 8, 1337, TRAIN_BATCH, 7, 1, vocab_size=65)):
+        assert torch.equal(a, b)
+
+
 def test_zero_init_proj_starts_each_block_as_the_identity():
     """Only the c_proj weights change (the rest is nanoGPT's init, from the same seed); the blocks add nothing."""
     cfg = SimpleNamespace(**{**train.DEFAULTS, 'n_layer': 2, 'n_head': 2, 'n_embd': 32, 'block_size': 16,
