@@ -259,7 +259,7 @@ def train_loop(cfg, rt, stop):
         # wait for rank 0's last checkpoint: a process that leaves the group early can abort the others' gloo
         torch.distributed.barrier()
     if not cfg.eval_only:
-        for line in summary(iter_num, start_iter, *best, cfg):
+        for line in summary(iter_num, start_iter, *best, cfg, chat='chat' in tokenizer):
             print0(line)
     return {'iter_num': iter_num, 'best_val_loss': best[0], 'model': raw_model, 'stopped_by': stopped_by}
 
@@ -957,8 +957,11 @@ def log_line(iter_num, lossf, dt, tokens_per_iter, mfu, cfg):
             f"{mfu_text}, eta {eta_text}")
 
 
-def summary(iter_num, start_iter, best_val_loss, best_iter, cfg):
-    """The lines a run ends with: where it got to, its best val loss, its checkpoint and how to sample from it."""
+def summary(iter_num, start_iter, best_val_loss, best_iter, cfg, chat=False):
+    """
+    The lines a run ends with: where it got to, its best val loss, its checkpoint and how to sample from it (or, for
+    a model of conversations, chat with it).
+    """
     path = checkpoint_path(cfg.out_dir, 'use')
     if not os.path.exists(path):
         return [f"stopped at iteration {iter_num}: no checkpoint in {cfg.out_dir} (none is written before the "
@@ -966,7 +969,8 @@ def summary(iter_num, start_iter, best_val_loss, best_iter, cfg):
     best = f"best val loss {best_val_loss:.4f}" + (f" at iteration {best_iter}" if best_iter is not None else '')
     return [f"{'done' if iter_num >= cfg.max_iters else 'stopped'}: iteration {iter_num} of {cfg.max_iters}, {best}",
             f"checkpoint: {path}",
-            f"sample from it: python {project_path('sample.py')} --out_dir={shlex.quote(cfg.out_dir)}"]
+            f"{'talk to it' if chat else 'sample from it'}: python {project_path('chat.py' if chat else 'sample.py')} "
+            f"--out_dir={shlex.quote(cfg.out_dir)}"]
 
 
 def main(argv=None):

@@ -562,8 +562,9 @@ def prepare_chat(cfg, files, data_dir):
         out.write_meta(meta)
     for split, n in counts.items():
         print(f"{split}.bin has {n:,} tokens, {split}_mask.bin beside it")
-    print(f"wrote '{data_dir}'; train on it with python train.py --dataset={cfg.dataset} "
-          f"--block_size={cfg.block_size} ...")
+    print(f"wrote '{data_dir}'; train a small chat model on it with python "
+          f"{project_path('train.py')} {project_path('config/train_chat_demo_cpu.py')} --dataset={cfg.dataset} "
+          f"--block_size={cfg.block_size} --out_dir=out-{cfg.dataset}")
     return counts
 
 

@@ -411,3 +411,12 @@ def test_the_readme_train_commands_parse(monkeypatch):
     assert len(commands) >= 8 and ['config/train_shakespeare_char_cpu_adamw.py'] in commands
     for args in commands:
         parse_config(train.DEFAULTS, args, train.TYPES)
+
+
+def test_the_summary_of_a_chat_run_names_chat_py(tmp_path, monkeypatch):
+    """A model of conversations is talked to, not sampled: the last line names chat.py."""
+    monkeypatch.chdir(REPO)
+    (tmp_path / 'ckpt.pt').write_bytes(b'')  # the summary only looks for the file
+    cfg = SimpleNamespace(out_dir=str(tmp_path), max_iters=10)
+    assert train.summary(10, 0, 1.5, 10, cfg, chat=True)[-1] == f"talk to it: python chat.py --out_dir={tmp_path}"
+    assert train.summary(10, 0, 1.5, 10, cfg)[-1] == f"sample from it: python sample.py --out_dir={tmp_path}"
