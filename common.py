@@ -21,12 +21,42 @@ from dataclasses import dataclass
 
 from configurator import ConfigError
 
-# OpenMP's threads wait for work asleep instead of spinning, unless the user set how they wait: on a machine that other
-# work keeps busy, a spinning thread holds a core that the thread it waits for needs, and PyTorch's default two threads
-# on two busy cores ran sample.py 10x slower (docs/threads.md). torch's OpenMP reads this once, when torch is
-# imported: the scripts import common before torch.
-if not any(k in os.environ for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME')):
-    os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
+
+def others_running(samples=5):
+    """How many threads other than this one are running or ready to run now (Linux's /proc/loadavg; None elsewhere):
+    the fewest of a few looks 2 ms apart, so that a moment's work does not count."""
+    seen = []
+    try:
+        for _ in range(samples):
+            with open('/proc/loadavg', encoding='ascii') as f:
+                seen.append(int(f.read().split()[3].split('/')[0]) - 1)
+            time.sleep(0.002)
+    except (OSError, ValueError, IndexError):
+        return None
+    return min(seen)
+
+
+def openmp_wait_policy(environ, others, cores=None):
+    """
+    How OpenMP's threads wait for work, set in environ unless the user set it; others: how many other threads are
+    running (None: not known). On a machine that other work keeps busy (others on at least half the cores), asleep at
+    once (OMP_WAIT_POLICY=PASSIVE): a spinning thread holds a core that the thread it waits for needs, and PyTorch's
+    two threads on two busy cores ran sample.py 10x slower. Elsewhere, spinning a short while first
+    (GOMP_SPINCOUNT=10000, libgomp's), which trains as fast as libgomp's default spin where waiting asleep cost 1.3x
+    (docs/figures.md#busy-machines). How threads wait changes no result, only the time.
+    """
+    if any(k in environ for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME')):
+        return
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    if others is not None and others >= max(1, cores // 2):
+        environ['OMP_WAIT_POLICY'] = 'PASSIVE'
+    else:
+        environ['GOMP_SPINCOUNT'] = '10000'
+
+
+# torch's OpenMP reads these once, when torch is imported: the scripts import common before torch
+openmp_wait_policy(os.environ, others_running())
 
 
 class UserError(Exception):

@@ -127,8 +127,24 @@ def test_the_scripts_import_common_before_torch():
     assert {'train', 'sample', 'bench'} <= set(scripts)
 
 
+def test_openmp_waits_asleep_on_a_busy_machine_and_spins_briefly_on_a_quiet_one():
+    from common import openmp_wait_policy
+    busy, quiet, mine = {}, {}, {'KMP_BLOCKTIME': '0'}
+    openmp_wait_policy(busy, others=1, cores=2)
+    openmp_wait_policy(quiet, others=0, cores=2)
+    openmp_wait_policy(mine, others=9, cores=2)
+    assert busy == {'OMP_WAIT_POLICY': 'PASSIVE'} and quiet == {'GOMP_SPINCOUNT': '10000'}
+    unknown = {}
+    openmp_wait_policy(unknown, others=None, cores=2)  # not known (no /proc/loadavg): a short spin
+    assert unknown == {'GOMP_SPINCOUNT': '10000'}
+    if os.path.exists('/proc/loadavg'):
+        import common
+        assert isinstance(common.others_running(), int) and common.others_running() >= 0
+    assert mine == {'KMP_BLOCKTIME': '0'}  # the user's own choice is kept
+
+
 @pytest.mark.slow
-def test_torch_sees_the_passive_wait_policy():
+def test_torch_sees_the_wait_policy():
     """The policy is in the environment when train.py's import of torch loads OpenMP; a user's own choice is kept."""
     import subprocess
     import sys
@@ -136,14 +152,14 @@ def test_torch_sees_the_passive_wait_policy():
             "class Hook:\n"
             "    def find_spec(self, name, path=None, target=None):\n"
             "        if name == 'torch':\n"
-            "            print(os.environ.get('OMP_WAIT_POLICY'))\n"
+            "            print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))\n"
             "            sys.meta_path.remove(self)\n"
             "sys.meta_path.insert(0, Hook())\n"
             "import train\n")
-    for setting, seen in (({}, 'PASSIVE'), ({'OMP_WAIT_POLICY': 'active'}, 'active'),
-                          ({'GOMP_SPINCOUNT': '300000'}, 'None')):  # libgomp's own default spin
+    for setting, seen in (({}, {'PASSIVE None', 'None 10000'}), ({'OMP_WAIT_POLICY': 'active'}, {'active None'}),
+                          ({'GOMP_SPINCOUNT': '300000'}, {'None 300000'})):  # libgomp's own default spin
         env = {k: v for k, v in os.environ.items() if k not in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME')}
         env.update(setting)
         out = subprocess.run([sys.executable, '-c', hook], cwd=REPO, env=env, capture_output=True, text=True,
                              check=True).stdout
-        assert out.splitlines()[0] == seen
+        assert out.splitlines()[0] in seen  # {}: asleep or a short spin, by the machine's load
