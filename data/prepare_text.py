@@ -41,6 +41,7 @@ import json
 import math
 import os
 import re
+import runpy
 import stat
 import sys
 
@@ -49,9 +50,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from common import UserError, gpt2_encoding, run_main  # noqa: E402
 from configurator import ConfigError, as_namespace, config_from_globals, load_config  # noqa: E402
-from data import (CHAT_TOKENS, END, GPT2_CHAT_ID, MAX_PARAMS_PER_TOKEN, DatasetFiles, Progress, chat_ids,  # noqa: E402
-                  check_conversation, encode_pieces, import_tokenizers, load_tokenizer, ordered_map, project_path,
-                  render_conversation)
+from data import (CHAT_TOKENS, END, GPT2_CHAT_ID, MAX_PARAMS_PER_TOKEN, PROJECT_DIR, DatasetFiles,  # noqa: E402
+                  Progress, chat_ids, check_conversation, encode_pieces, import_tokenizers, load_tokenizer, ordered_map,
+                  project_path, render_conversation)
 
 # -----------------------------------------------------------------------------
 input = []  # text files, folders, .jsonl files or globs; give --input=... once for each
@@ -562,10 +563,17 @@ def prepare_chat(cfg, files, data_dir):
         out.write_meta(meta)
     for split, n in counts.items():
         print(f"{split}.bin has {n:,} tokens, {split}_mask.bin beside it")
-    print(f"wrote '{data_dir}'; train a small chat model on it with python "
-          f"{project_path('train.py')} {project_path('config/train_chat_demo_cpu.py')} --dataset={cfg.dataset} "
-          f"--block_size={cfg.block_size} --out_dir=out-{cfg.dataset}")
+    print(f"wrote '{data_dir}'; train a small chat model on it with {chat_run_hint(cfg.dataset, cfg.block_size)}")
     return counts
+
+
+def chat_run_hint(dataset, block_size):
+    """The CPU chat config's command for this dataset: with the settings that differ from the config's own."""
+    config = 'config/train_chat_demo_cpu.py'
+    own = runpy.run_path(os.path.join(PROJECT_DIR, config))
+    settings = '' if dataset == own['dataset'] else f" --dataset={dataset} --out_dir=out-{dataset}"
+    settings += '' if block_size == own['block_size'] else f" --block_size={block_size}"
+    return f"python {project_path('train.py')} {project_path(config)}{settings}"
 
 
 def write_conversations(cfg, files, num_convs, num_val, vocab, chat, out):

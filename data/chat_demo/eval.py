@@ -48,28 +48,31 @@ def is_correct(question, reply):
 
 
 def evaluate(cfg):
-    """Ask each question alone (greedy); print and return the accuracy of each skill and in all."""
+    """Ask each question alone (greedy); print and return the accuracy of each set (held-out, typed) and skill."""
     cfg = as_namespace(cfg)
     with open(cfg.questions, encoding='utf-8') as f:
-        asked = [json.loads(line) for line in f if line.strip()]
+        sets = {'held-out': [json.loads(line) for line in f if line.strip()]}
     if cfg.typed:
-        asked += typed_questions()
+        sets['typed'] = typed_questions()
     settings = dict(chat.DEFAULTS, out_dir=cfg.out_dir, init_from=cfg.init_from, system=cfg.system,
                     device=cfg.device, temperature=0.0, max_new_tokens=64)
     session, rt = chat.load_chat(as_namespace(settings))
-    right = {'sums': [], 'words': []}
-    for question in asked:
-        session.clear()
-        with rt.autocast:
-            reply = session.respond(question['question'], as_namespace(settings), stream=False)
-        kind = 'sums' if question['question'].startswith('What is') else 'words'
-        right[kind].append(is_correct(question, reply))
-        if not right[kind][-1] and sum(not ok for ok in right[kind]) <= cfg.show:
-            print(f"wrong: {question['question']!r} -> {reply!r} (expected {question['answer']})")
-    scores = {kind: sum(oks) / len(oks) for kind, oks in right.items()}
-    scores['all'] = sum(map(sum, right.values())) / len(asked)
-    print(f"{cfg.out_dir}: {scores['all']:.1%} of {len(asked)} questions right (sums {scores['sums']:.1%} of "
-          f"{len(right['sums'])}, words {scores['words']:.1%} of {len(right['words'])})")
+    scores = {}
+    for name, asked in sets.items():
+        right = {'sums': [], 'words': []}
+        for question in asked:
+            session.clear()
+            with rt.autocast:
+                reply = session.respond(question['question'], as_namespace(settings), stream=False)
+            kind = 'sums' if question['question'].startswith('What is') else 'words'
+            right[kind].append(is_correct(question, reply))
+            if not right[kind][-1] and sum(not ok for ok in right[kind]) <= cfg.show:
+                print(f"wrong: {question['question']!r} -> {reply!r} (expected {question['answer']})")
+        scores[name] = {kind: sum(oks) / len(oks) for kind, oks in right.items()}
+        scores[name]['all'] = sum(map(sum, right.values())) / len(asked)
+        print(f"{cfg.out_dir}, {name}: {scores[name]['all']:.1%} of {len(asked)} questions right (sums "
+              f"{scores[name]['sums']:.1%} of {len(right['sums'])}, words {scores[name]['words']:.1%} of "
+              f"{len(right['words'])})")
     return scores
 
 

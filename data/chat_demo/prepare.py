@@ -51,9 +51,10 @@ SUM_QUESTIONS = [
     "Can you add {a} to {b}?",
     "What do you get when you add {a} and {b}?",
 ]
-# the first reply of each skill is the assistant's usual one (SHOWN_WORK of the time): it writes out what it works on
-# before the answer, which a small model learns far sooner than the answer alone
-SUM_REPLIES = ["{a} + {b} = {s}.", "The answer is {s}.", "{s}", "{a} plus {b} is {s}.", "That makes {s}.",
+# the first reply of each skill is the assistant's usual one (SHOWN_WORK of the time): it shows its work before the
+# answer, which a small model learns far sooner than the answer alone. A sum is worked as on paper: the ones, then the
+# tens with the carry, then the answer (sum_work)
+SUM_REPLIES = ["{work}", "{a} + {b} = {s}.", "The answer is {s}.", "{s}", "{a} plus {b} is {s}.", "That makes {s}.",
                "It is {s}."]
 WORD_QUESTIONS = [
     "Reverse the word {w}.",
@@ -66,8 +67,9 @@ WORD_QUESTIONS = [
     "Reverse this word: {w}",
 ]
 WORD_REPLIES = ["{w} reversed is {r}.", "{r}", "Backwards, {w} is {r}.", "Here it is: {r}", "That gives {r}."]
-SHOWN_WORK = 0.6
-SUMS, WORDS = 0.55, 0.35  # of the user's turns; the rest is small talk
+SHOWN_WORK = 0.75
+SUMS, WORDS = 0.4, 0.5  # of the user's turns; the rest is small talk
+ONE_DIGIT = 0.25  # of the numbers in sums (drawn evenly, a tenth would be): they are asked as often as the others
 CHATTER = [
     ("Hello!", ["Hello! How can I help?", "Hi! Ask me a sum or a word to reverse."]),
     ("Hi", ["Hi! What can I do for you?", "Hello!"]),
@@ -94,6 +96,14 @@ def heldout_questions(rng, n):
     return sorted(pairs), sorted(words)
 
 
+def sum_work(a, b):
+    """a + b worked as on paper: '7 + 4 = 11, 2 + 2 + 1 = 5, so 27 + 24 = 51.'"""
+    ones = a % 10 + b % 10
+    carry = ' + 1' if ones >= 10 else ''
+    tens = a // 10 + b // 10 + ones // 10
+    return f"{a % 10} + {b % 10} = {ones}, {a // 10} + {b // 10}{carry} = {tens}, so {a} + {b} = {a + b}."
+
+
 def reply_template(rng, replies):
     return replies[0] if rng.random() < SHOWN_WORK else rng.choice(replies[1:])
 
@@ -106,10 +116,11 @@ def user_turn(rng, held_pairs, held_words):
         return question, rng.choice(replies)
     if kind < SUMS:
         while True:
-            a, b = rng.randint(0, 99), rng.randint(0, 99)
+            a, b = (rng.randint(0, 9) if rng.random() < ONE_DIGIT else rng.randint(10, 99) for _ in range(2))
             if tuple(sorted((a, b))) not in held_pairs:
                 break
-        return rng.choice(SUM_QUESTIONS).format(a=a, b=b), reply_template(rng, SUM_REPLIES).format(a=a, b=b, s=a + b)
+        reply = reply_template(rng, SUM_REPLIES).format(a=a, b=b, s=a + b, work=sum_work(a, b))
+        return rng.choice(SUM_QUESTIONS).format(a=a, b=b), reply
     while True:
         w = random_word(rng)
         if w.lower() not in held_words:
