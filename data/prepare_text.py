@@ -563,17 +563,19 @@ def prepare_chat(cfg, files, data_dir):
         out.write_meta(meta)
     for split, n in counts.items():
         print(f"{split}.bin has {n:,} tokens, {split}_mask.bin beside it")
-    print(f"wrote '{data_dir}'; train a small chat model on it with {chat_run_hint(cfg.dataset, cfg.block_size)}")
+    print(f"wrote '{data_dir}'; train {chat_run_hint(cfg.dataset, cfg.block_size, cfg.tokenizer)}")
     return counts
 
 
-def chat_run_hint(dataset, block_size):
-    """The CPU chat config's command for this dataset: with the settings that differ from the config's own."""
-    config = 'config/train_chat_demo_cpu.py'
+def chat_run_hint(dataset, block_size, tokenizer):
+    """A chat config's command for this dataset, with the settings that differ from the config's own: GPT-2's tokens
+    finetune GPT-2, the others train a small model from scratch on a CPU."""
+    what, config = (('GPT-2 on it with', 'config/finetune_chat_gpt2.py') if tokenizer == 'gpt2' else
+                    ('a small chat model on it with', 'config/train_chat_demo_cpu.py'))
     own = runpy.run_path(os.path.join(PROJECT_DIR, config))
     settings = '' if dataset == own['dataset'] else f" --dataset={dataset} --out_dir=out-{dataset}"
     settings += '' if block_size == own['block_size'] else f" --block_size={block_size}"
-    return f"python {project_path('train.py')} {project_path(config)}{settings}"
+    return f"{what} python {project_path('train.py')} {project_path(config)}{settings}"
 
 
 def write_conversations(cfg, files, num_convs, num_val, vocab, chat, out):

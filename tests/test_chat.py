@@ -226,10 +226,13 @@ def test_bad_conversations_are_one_line_naming_file_and_line_and_write_nothing(t
     assert checksums(tmp_path / 'data') == before
 
 
-def test_the_closing_hint_names_the_cpu_chat_config_with_only_the_settings_it_lacks():
-    assert pt.chat_run_hint('chat_demo', 256).endswith('train.py config/train_chat_demo_cpu.py')
-    assert pt.chat_run_hint('mine', 128).endswith(
+def test_the_closing_hint_names_a_chat_config_with_only_the_settings_it_lacks():
+    assert pt.chat_run_hint('chat_demo', 256, 'char') == ('a small chat model on it with python train.py '
+                                                          'config/train_chat_demo_cpu.py')
+    assert pt.chat_run_hint('mine', 128, 'bpe').endswith(
         'config/train_chat_demo_cpu.py --dataset=mine --out_dir=out-mine --block_size=128')
+    assert pt.chat_run_hint('chat_gpt2', 256, 'gpt2') == ('GPT-2 on it with python train.py '
+                                                          'config/finetune_chat_gpt2.py')
 
 
 def test_a_dataset_prepared_again_as_text_loses_its_masks(tmp_path):
