@@ -23,17 +23,24 @@ from configurator import ConfigError
 
 
 def others_running(samples=5):
-    """How many threads other than this one are running or ready to run now (Linux's /proc/loadavg; None elsewhere):
-    the fewest of a few looks 2 ms apart, so that a moment's work does not count."""
+    """
+    How many threads other than this one are running or ready to run now: on Linux the fewest of a few looks at
+    /proc/loadavg 2 ms apart (so that a moment's work does not count), elsewhere the load average of the last minute;
+    None where neither is known.
+    """
     seen = []
     try:
-        for _ in range(samples):
+        for i in range(samples):
+            if i:
+                time.sleep(0.002)
             with open('/proc/loadavg', encoding='ascii') as f:
                 seen.append(int(f.read().split()[3].split('/')[0]) - 1)
-            time.sleep(0.002)
     except (OSError, ValueError, IndexError):
-        return None
-    return min(seen)
+        try:
+            return int(os.getloadavg()[0])
+        except (AttributeError, OSError):  # Windows
+            return None
+    return max(0, min(seen))
 
 
 def openmp_wait_policy(environ, others, cores=None):
@@ -42,14 +49,15 @@ def openmp_wait_policy(environ, others, cores=None):
     running (None: not known). On a machine that other work keeps busy (others on at least half the cores), asleep at
     once (OMP_WAIT_POLICY=PASSIVE): a spinning thread holds a core that the thread it waits for needs, and PyTorch's
     two threads on two busy cores ran sample.py 10x slower. Elsewhere, spinning a short while first
-    (GOMP_SPINCOUNT=10000, libgomp's), which trains as fast as libgomp's default spin where waiting asleep cost 1.3x
-    (docs/figures.md#busy-machines). How threads wait changes no result, only the time.
+    (GOMP_SPINCOUNT=10000: libgomp's, the OpenMP of PyTorch's Linux wheels; others keep their own default), which
+    trains as fast as libgomp's default spin where waiting asleep cost 1.3x (docs/figures.md#busy-machines). How
+    threads wait changes no result, only the time.
     """
     if any(k in environ for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME')):
         return
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-    if others is not None and others >= max(1, cores // 2):
+    if others is not None and others >= max(1, (cores + 1) // 2):
         environ['OMP_WAIT_POLICY'] = 'PASSIVE'
     else:
         environ['GOMP_SPINCOUNT'] = '10000'

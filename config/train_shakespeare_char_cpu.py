@@ -1,10 +1,10 @@
 # the baby Shakespeare model sized for a laptop CPU, trained with Muon: a val loss near 1.86 in 550 iterations, where
-# nanoGPT's AdamW recipe (config/train_shakespeare_char_cpu_adamw.py) needs 2000 for 1.88, in about 0.43x its time
-# (docs/time-to-loss.md, which measured each setting below alone)
+# nanoGPT's AdamW recipe (config/train_shakespeare_char_cpu_adamw.py) needs 2000 for 1.88, in 0.38x its time on an AVX2
+# CPU (docs/time-to-loss.md, which measured each setting below alone)
 # $ python train.py config/train_shakespeare_char_cpu.py
 
 out_dir = 'out-shakespeare-char'
-eval_interval = 550  # at the start and the end only: each eval costs as much as about 13 training iterations
+eval_interval = 550  # at the start and the end only: each eval costs as much as 7 to 14 training iterations
 eval_iters = 20  # as many val tokens as the AdamW recipe's evals
 log_interval = 10
 always_save_checkpoint = False

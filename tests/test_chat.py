@@ -226,7 +226,8 @@ def test_bad_conversations_are_one_line_naming_file_and_line_and_write_nothing(t
     assert checksums(tmp_path / 'data') == before
 
 
-def test_the_closing_hint_names_a_chat_config_with_only_the_settings_it_lacks():
+def test_the_closing_hint_names_a_chat_config_with_only_the_settings_it_lacks(monkeypatch):
+    monkeypatch.chdir(REPO)  # the commands name the project's files as from its folder
     assert pt.chat_run_hint('chat_demo', 256, 'char') == ('a small chat model on it with python train.py '
                                                           'config/train_chat_demo_cpu.py')
     assert pt.chat_run_hint('mine', 128, 'bpe').endswith(

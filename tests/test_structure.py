@@ -131,9 +131,11 @@ def test_openmp_waits_asleep_on_a_busy_machine_and_spins_briefly_on_a_quiet_one(
     from common import openmp_wait_policy
     busy, quiet, mine = {}, {}, {'KMP_BLOCKTIME': '0'}
     openmp_wait_policy(busy, others=1, cores=2)
+    three = {}
+    openmp_wait_policy(three, others=1, cores=3)  # one of three cores is less than half: a short spin
     openmp_wait_policy(quiet, others=0, cores=2)
     openmp_wait_policy(mine, others=9, cores=2)
-    assert busy == {'OMP_WAIT_POLICY': 'PASSIVE'} and quiet == {'GOMP_SPINCOUNT': '10000'}
+    assert busy == {'OMP_WAIT_POLICY': 'PASSIVE'} and quiet == three == {'GOMP_SPINCOUNT': '10000'}
     unknown = {}
     openmp_wait_policy(unknown, others=None, cores=2)  # not known (no /proc/loadavg): a short spin
     assert unknown == {'GOMP_SPINCOUNT': '10000'}

@@ -1,8 +1,8 @@
 """
-The chat demo's accuracy: the share of held-out questions a model answers correctly, each asked alone as
-`chat.py --prompt` asks it (greedy: temperature 0). The questions: heldout.jsonl's 200 (100 sums and 100 words that
-no training conversation holds, written by data/chat_demo/prepare.py), and with --typed=True also 40 typed here by
-hand (English words, and sums, that the generator did not make). A sum is right when the last number in the reply is
+The chat demo's accuracy: the share of questions a model answers correctly, each asked alone as `chat.py --prompt`
+asks it (greedy: temperature 0). The questions: heldout.jsonl's 200 (100 sums and 100 words that no training
+conversation holds, written by data/chat_demo/prepare.py), and with --typed=True also 40 typed here by hand (English
+words, and sums, that the generator did not make), scored apart. A sum is right when the last number in the reply is
 the sum; a word when the last word in the reply is the word reversed.
 
 $ python data/chat_demo/eval.py --out_dir=out-chat-demo
@@ -24,7 +24,7 @@ out_dir = 'out-chat-demo'  # the run to evaluate
 init_from = 'resume'  # or a Hugging Face folder exported from it
 questions = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'heldout.jsonl')
 typed = False  # also the questions typed below
-show = 0  # print this many wrong answers of each kind
+show = 0  # print this many wrong answers of each kind in each set
 system = ''  # a system message before each question; '': none
 device = 'cpu'
 # -----------------------------------------------------------------------------

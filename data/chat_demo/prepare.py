@@ -30,7 +30,7 @@ seed = 1337
 # -----------------------------------------------------------------------------
 DEFAULTS = config_from_globals(globals())
 
-BLOCK_SIZE = 256  # config/train_chat_demo_cpu.py's: every conversation fits it
+BLOCK_SIZE = 256  # config/train_chat_demo_cpu.py's: 93% of the conversations fit it, the others are cut
 SYSTEM_PROMPTS = [
     "You are a helpful assistant.",
     "You are a helpful assistant. Answer briefly.",
@@ -69,7 +69,7 @@ WORD_QUESTIONS = [
 WORD_REPLIES = ["{w} reversed is {r}.", "{r}", "Backwards, {w} is {r}.", "Here it is: {r}", "That gives {r}."]
 SHOWN_WORK = 0.75
 SUMS, WORDS = 0.4, 0.5  # of the user's turns; the rest is small talk
-ONE_DIGIT = 0.25  # of the numbers in sums (drawn evenly, a tenth would be): they are asked as often as the others
+ONE_DIGIT = 0.25  # of the numbers in sums (a tenth if drawn evenly): each comes up 3x as often as a two-digit one
 CHATTER = [
     ("Hello!", ["Hello! How can I help?", "Hi! Ask me a sum or a word to reverse."]),
     ("Hi", ["Hi! What can I do for you?", "Hello!"]),
