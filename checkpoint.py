@@ -64,6 +64,12 @@ def checkpoint_path(out_dir, purpose):
     return last if os.path.exists(last) and not os.path.exists(best) else best  # neither: load_checkpoint says so
 
 
+def used_checkpoint_path(init_from, out_dir):
+    """The checkpoint load_model reads for a model to use: out_dir's for 'resume', else the one of the run folder
+    init_from names."""
+    return checkpoint_path(out_dir if init_from == 'resume' else init_from, 'use')
+
+
 DAMAGED = '.damaged'  # a damaged checkpoint set aside by the run that found it keeps its name, plus this
 
 
@@ -506,7 +512,7 @@ def load_model(init_from, out_dir, purpose='use', dropout=0.0, owner=False):
         if purpose == 'resume':
             path, checkpoint = resume_checkpoint(out_dir, owner)
         else:
-            path = checkpoint_path(out_dir, purpose)
+            path = used_checkpoint_path(init_from, out_dir)
             checkpoint = load_checkpoint(path)
         missing = [k for k in ('optimizer', 'iter_num') if k not in checkpoint]
         if purpose == 'resume' and missing:
@@ -515,7 +521,7 @@ def load_model(init_from, out_dir, purpose='use', dropout=0.0, owner=False):
         return model_from_checkpoint(checkpoint, path, dropout), checkpoint
     if os.path.isdir(init_from) and not os.path.exists(os.path.join(init_from, 'config.json')) and \
             any(os.path.exists(os.path.join(init_from, name)) for name in (BEST, LAST)):
-        path = checkpoint_path(init_from, 'use')
+        path = used_checkpoint_path(init_from, out_dir)
         checkpoint = load_checkpoint(path)
         return model_from_checkpoint(checkpoint, path, dropout), checkpoint
     if init_from in GPT2_SIZES or os.path.isdir(init_from):

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 import sample
 from configurator import ConfigError, as_namespace, config_from_globals, load_config
-from checkpoint import checkpoint_note, checkpoint_path, load_model
+from checkpoint import checkpoint_note, load_model, used_checkpoint_path
 from model import GPT, GPT2_SIZES, GPT2_VOCAB_SIZE, GPTConfig, filter_logits
 
 # -----------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def model_config(cfg):
         return gpt2_config(cfg.init_from)
     model, checkpoint = load_model(cfg.init_from, cfg.out_dir)
     if checkpoint is not None:
-        print(checkpoint_note(checkpoint_path(cfg.out_dir, 'use'), checkpoint))
+        print(checkpoint_note(used_checkpoint_path(cfg.init_from, cfg.out_dir), checkpoint))
     return model.config
 
 

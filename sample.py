@@ -18,7 +18,7 @@ from common import UserError, first_line, gpt2_encoding, read_text, run_main, se
 import torch
 
 from configurator import SEED_RANGE, as_namespace, config_from_globals, load_config, require
-from checkpoint import checkpoint_note, checkpoint_path, load_model
+from checkpoint import checkpoint_note, load_model, used_checkpoint_path
 from data import find_tokenizer, import_tokenizers
 from quantize import check_quantize, quantize_model
 
@@ -63,7 +63,8 @@ def load_sampled_model_and_note(cfg):
     model, whose loading says so), for the scripts to print once their settings have passed.
     """
     model, checkpoint = load_model(cfg.init_from, cfg.out_dir)
-    note = checkpoint_note(checkpoint_path(cfg.out_dir, 'use'), checkpoint) if checkpoint is not None else None
+    note = (checkpoint_note(used_checkpoint_path(cfg.init_from, cfg.out_dir), checkpoint) if checkpoint is not None
+            else None)
     tokenizer = find_tokenizer(cfg.init_from, checkpoint, model.config.vocab_size)
     if tokenizer['kind'] == 'char' and len(tokenizer['chars']) != model.config.vocab_size:
         raise UserError(f"the model has {model.config.vocab_size} token ids but its character table "

@@ -140,6 +140,10 @@ def test_sample_explain_and_export_say_which_checkpoint_they_read(stopped_run):
     # ckpt_last.pt, iteration 4: an eval measured it as the last one of the run
     r = run_in_process('export_hf.py', '--out_dir=out', '--hf_dir=hf2', '--checkpoint=ckpt_last.pt', cwd=stopped_run)
     assert note_lines(r.stdout) == [f"read out/ckpt_last.pt: iteration 4, val loss {val[4]:.4f}"]
+    # a run's folder as init_from: its own checkpoint is named, not out_dir's
+    r = run_in_process('sample.py', '--init_from=out', '--out_dir=elsewhere', '--device=cpu', '--num_samples=1',
+                       '--max_new_tokens=3', cwd=stopped_run)
+    assert r.returncode == 0 and r.stderr.splitlines() == [expected], r.stderr
 
 
 def test_a_checkpoint_saved_at_a_stop_says_its_val_loss_was_never_measured(tmp_path):
