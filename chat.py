@@ -113,9 +113,10 @@ class Chat:
         reply = []
         for _ in range(max_new_tokens):
             token = sample_next(logits, temperature, top_k, top_p, generator)  # (1, 1)
-            if token.item() in self.stops:
+            token_id = token.item()  # read from the device once
+            if token_id in self.stops:
                 break
-            reply.append(token.item())
+            reply.append(token_id)
             yield reply[-1]
             if len(self.cached) == self.block_size:
                 self.notice(f"(the reply was cut: the conversation filled the model's context of {self.block_size} "

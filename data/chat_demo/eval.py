@@ -54,16 +54,16 @@ def evaluate(cfg):
         sets = {'held-out': [json.loads(line) for line in f if line.strip()]}
     if cfg.typed:
         sets['typed'] = typed_questions()
-    settings = dict(chat.DEFAULTS, out_dir=cfg.out_dir, init_from=cfg.init_from, system=cfg.system,
-                    device=cfg.device, temperature=0.0, max_new_tokens=64)
-    session, rt = chat.load_chat(as_namespace(settings))
+    settings = as_namespace(dict(chat.DEFAULTS, out_dir=cfg.out_dir, init_from=cfg.init_from, system=cfg.system,
+                                 device=cfg.device, temperature=0.0, max_new_tokens=64))
+    session, rt = chat.load_chat(settings)
     scores = {}
     for name, asked in sets.items():
         right = {'sums': [], 'words': []}
         for question in asked:
             session.clear()
             with rt.autocast:
-                reply = session.respond(question['question'], as_namespace(settings), stream=False)
+                reply = session.respond(question['question'], settings, stream=False)
             kind = 'sums' if question['question'].startswith('What is') else 'words'
             right[kind].append(is_correct(question, reply))
             if not right[kind][-1] and sum(not ok for ok in right[kind]) <= cfg.show:
