@@ -26,7 +26,8 @@ import time
 
 # common first: it sets the OpenMP wait policy, which torch reads as it is imported, and makes a Ctrl-C while
 # torch loads end in one line, not a traceback
-from common import UserError, device_peak_flops, device_text, return_freed_memory, run_main, setup, threads_text
+from common import (UserError, device_peak_flops, device_text, os_reason, return_freed_memory, run_main, setup,
+                    threads_text)
 import torch
 
 from configurator import SEED_RANGE, ConfigError, as_namespace, config_from_globals, load_config, require
@@ -157,7 +158,7 @@ def bench_train(cfg):
             os.makedirs(cfg.profile_dir, exist_ok=True)
             prof.export_chrome_trace(trace)
         except OSError as e:
-            raise UserError(f"cannot write the profiler's trace '{trace}' ({e.strerror}); give another "
+            raise UserError(f"cannot write the profiler's trace '{trace}' ({os_reason(e)}); give another "
                             f"--profile_dir") from None
         print(prof.key_averages().table(sort_by='self_cpu_time_total' if rt.device_type == 'cpu' else
                                         'self_device_time_total', row_limit=15))

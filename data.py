@@ -18,7 +18,7 @@ from multiprocessing import Pool
 
 import numpy as np
 
-from common import UserError, first_line
+from common import UserError, first_line, os_reason
 
 PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
 # A new model whose blocks hold this many times more parameters than its data has train tokens learns the text by
@@ -528,7 +528,7 @@ def check_readable(path):
     try:
         open(path, 'rb').close()
     except OSError as e:
-        raise UserError(f"cannot read '{path}' ({e.strerror}); fix its permissions") from None
+        raise UserError(f"cannot read '{path}' ({os_reason(e)}); fix its permissions") from None
 
 
 def check_split_length(files, split, block_size, data_dir):

@@ -21,7 +21,7 @@ import os
 
 # common first: it sets the OpenMP wait policy, which torch reads as it is imported, and makes a Ctrl-C while
 # torch loads end in one line, not a traceback
-from common import DTYPES, UserError, run_main
+from common import DTYPES, UserError, os_reason, run_main
 import torch
 
 import hf
@@ -79,7 +79,7 @@ def export(cfg):
         for name in set(old) - {'config.json', 'model.safetensors', *files}:
             os.remove(os.path.join(hf_dir, name))
     except OSError as e:
-        raise UserError(f"cannot write to '{hf_dir}' ({e.strerror or e}); fix its permissions or free disk space, "
+        raise UserError(f"cannot write to '{hf_dir}' ({os_reason(e)}); fix its permissions or free disk space, "
                         f"or choose another --hf_dir") from None
     n_params = model.get_num_params(non_embedding=False)
     print(f"wrote {hf_dir}: {', '.join(['config.json', 'model.safetensors'] + files)} ({n_params / 1e6:.2f}M "

@@ -16,7 +16,7 @@ import numpy as np
 import requests
 import torch
 
-from common import UserError, download, gpt2_bpe_files, write_atomically
+from common import UserError, download, gpt2_bpe_files, os_reason, write_atomically
 
 # -----------------------------------------------------------------------------
 # safetensors: an 8-byte little-endian header length, a JSON header giving each tensor's dtype, shape and
@@ -223,7 +223,7 @@ def save_pretrained(model, hf_dir, dtype=torch.float32):
     try:
         os.makedirs(hf_dir, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot write to '{hf_dir}' ({e.strerror}); choose another folder") from None
+        raise UserError(f"cannot write to '{hf_dir}' ({os_reason(e)}); choose another folder") from None
     write_safetensors(to_hf(model.state_dict(), dtype), os.path.join(hf_dir, 'model.safetensors'),
                       metadata={'format': 'pt'})  # transformers refuses a file without this
     config = json.dumps(hf_config(model.config, dtype), indent=2).encode()

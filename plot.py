@@ -11,7 +11,7 @@ import os
 import struct
 import sys
 
-from common import UserError, run_main
+from common import UserError, os_reason, run_main
 from configurator import config_from_globals, load_config
 
 # -----------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def save_png(fig, path):
     try:
         fig.savefig(path, dpi=DPI, format='png')
     except OSError as e:
-        raise UserError(f"cannot write '{path}' ({e.strerror or e}); give another --png") from None
+        raise UserError(f"cannot write '{path}' ({os_reason(e)}); give another --png") from None
     finally:
         pyplot().close(fig)
     width, height = png_size(path)
@@ -103,7 +103,7 @@ def read_log(out_dir):
         raise UserError(f"'{path}' is not UTF-8 text (byte {e.start:,}: {e.reason}), so not a log train.py "
                         f"wrote; give the out_dir of a train.py run") from None
     except OSError as e:
-        raise UserError(f"cannot read '{path}' ({e.strerror}); fix its permissions") from None
+        raise UserError(f"cannot read '{path}' ({os_reason(e)}); fix its permissions") from None
     steps, evals = {}, {}
     for number, line in enumerate(lines, 1):
         if not line.strip():

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 # common first: it sets the OpenMP wait policy, which torch reads as it is imported, and makes a Ctrl-C while
 # torch loads end in one line, not a traceback
-from common import UserError, run_main, setup
+from common import UserError, os_reason, run_main, setup
 import torch
 
 from configurator import ConfigError, as_namespace, config_from_globals, load_config, require
@@ -691,7 +691,7 @@ def start_server(cfg):
     try:
         server = Server((cfg.host, cfg.port), Handler)
     except OSError as e:
-        raise UserError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}); choose another --port or "
+        raise UserError(f"cannot listen on {cfg.host}:{cfg.port} ({os_reason(e)}); choose another --port or "
                         f"--host") from None
     server.served = served
     host = f'[{cfg.host}]' if ':' in cfg.host else cfg.host

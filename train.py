@@ -30,7 +30,7 @@ from contextlib import ExitStack, suppress
 # common first: it sets the OpenMP wait policy, which torch reads as it is imported, and makes a Ctrl-C while
 # torch loads end in one line, not a traceback
 from common import (UserError, all_or_none, compile_blocker, device_peak_flops, device_text, dist_env,
-                    local_rank0_first, print0, return_freed_memory, run_main, setup, teardown, threads_text)
+                    local_rank0_first, os_reason, print0, return_freed_memory, run_main, setup, teardown, threads_text)
 import numpy as np
 import torch
 import torch.nn as nn
@@ -816,7 +816,7 @@ class RunLog:
             try:
                 self.file = open(self.path, 'a' if cfg.init_from == 'resume' else 'w')
             except OSError as e:
-                raise UserError(f"cannot write the run's log '{self.path}' ({e.strerror}); fix its permissions, or "
+                raise UserError(f"cannot write the run's log '{self.path}' ({os_reason(e)}); fix its permissions, or "
                                 f"choose another --out_dir") from None
             if self.file.tell() and not ends_line(self.path):
                 self.file.write('\n')  # a record cut off when the run was killed: the resumed ones start anew
@@ -827,7 +827,7 @@ class RunLog:
                 self.file.write(json.dumps(record) + '\n')
                 self.file.flush()
             except OSError as e:
-                raise UserError(f"could not write '{self.path}' ({e.strerror}); the last checkpoint is intact: "
+                raise UserError(f"could not write '{self.path}' ({os_reason(e)}); the last checkpoint is intact: "
                                 f"free disk space, then resume") from None
         if self.wandb:
             self.wandb.log(record)

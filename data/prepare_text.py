@@ -48,7 +48,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from common import UserError, gpt2_encoding, run_main  # noqa: E402
+from common import UserError, gpt2_encoding, os_reason, run_main  # noqa: E402
 from configurator import ConfigError, as_namespace, config_from_globals, load_config  # noqa: E402
 from data import (CHAT_TOKENS, END, GPT2_CHAT_ID, MAX_PARAMS_PER_TOKEN, PROJECT_DIR, DatasetFiles,  # noqa: E402
                   Progress, chat_ids, check_conversation, encode_pieces, import_tokenizers, load_tokenizer, ordered_map,
@@ -153,7 +153,7 @@ def check_input(path):
     try:
         mode = os.stat(path).st_mode
     except OSError as e:
-        raise UserError(f"cannot read input '{path}' ({e.strerror}); fix it or leave it out") from None
+        raise UserError(f"cannot read input '{path}' ({os_reason(e)}); fix it or leave it out") from None
     if not stat.S_ISREG(mode):
         raise UserError(f"input '{path}' is not a regular file (a FIFO, device or socket); give text files")
     if path.lower().endswith('.json'):
@@ -167,7 +167,7 @@ def open_input(path):
     try:
         return open(path, 'rb')
     except OSError as e:
-        raise UserError(f"cannot read input '{path}' ({e.strerror}); fix it or leave it out") from None
+        raise UserError(f"cannot read input '{path}' ({os_reason(e)}); fix it or leave it out") from None
 
 
 def _complete_utf8(data):
@@ -639,7 +639,7 @@ def prepare_text(cfg, data_root='data'):
             if meta is not None:
                 out.write_meta(meta)
     except OSError as e:  # a full disk, a folder that cannot be made
-        raise UserError(f"could not write '{os.path.abspath(data_dir)}' ({e.strerror or e}); nothing there was "
+        raise UserError(f"could not write '{os.path.abspath(data_dir)}' ({os_reason(e)}); nothing there was "
                         f"replaced: free disk space or fix the folder's permissions, then run again") from None
     for split, n in counts.items():
         print(f"{split}.bin has {n:,} tokens")
