@@ -208,7 +208,7 @@ def jsonl_records(path, errors, counter, expected='one JSON object'):
     """
     (line number, record) for each line of a .jsonl file, blank lines skipped (a UTF-8 byte order mark before the
     first is allowed); a line that is not JSON is a UserError naming it and saying that each line must be expected.
-    counter[0] counts the bytes read.
+    A lone surrogate in a string is refused or replaced (without_lone_surrogates). counter[0] counts the bytes read.
     """
     with open_input(path) as f:
         offset = 0
@@ -226,7 +226,28 @@ def jsonl_records(path, errors, counter, expected='one JSON object'):
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{number}: not JSON ({e.msg}); each line of a .jsonl file must be "
                                 f"{expected}") from None
+            if SURROGATE_ESCAPE.search(text):
+                record = without_lone_surrogates(record, errors, f"{path}:{number}")
             yield number, record
+
+
+def without_lone_surrogates(value, errors, where):
+    """
+    A JSON value with no lone surrogate in its strings: a \\ud800-style escape JSON allows, which is half a
+    character, not text. It is a UserError naming where, or with errors='replace', U+FFFD.
+    """
+    if isinstance(value, list):
+        return [without_lone_surrogates(v, errors, where) for v in value]
+    if isinstance(value, dict):
+        return {k: without_lone_surrogates(v, errors, where) for k, v in value.items()}
+    found = SURROGATE.search(value) if isinstance(value, str) else None
+    if found is None:
+        return value
+    if errors == 'strict':
+        raise UserError(f"{where}: the text holds a lone surrogate escape "
+                        f"({found[0].encode('unicode_escape').decode()}), half of a character, not text; fix it, or "
+                        f"pass --errors=replace")
+    return SURROGATE.sub('\ufffd', value)
 
 
 def jsonl_documents(path, text_field, errors, counter):
@@ -235,17 +256,11 @@ def jsonl_documents(path, text_field, errors, counter):
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
             raise UserError(f"{path}:{number}: no text in field '{text_field}'; name the field that holds "
                             f"the text with --text_field=...")
-        text = record[text_field]
-        if SURROGATE.search(text):  # a \ud800-style escape JSON allows, which is half a character, not text
-            if errors == 'strict':
-                raise UserError(f"{path}:{number}: the text holds a lone surrogate escape "
-                                f"({SURROGATE.search(text)[0].encode('unicode_escape').decode()}), half of a "
-                                f"character, not text; fix it, or pass --errors=replace")
-            text = SURROGATE.sub('\ufffd', text)
-        yield text
+        yield record[text_field]
 
 
 SURROGATE = re.compile('[\ud800-\udfff]')
+SURROGATE_ESCAPE = re.compile(r'\\u[dD][89a-fA-F]')  # in a line's JSON: a surrogate, maybe half of a pair
 
 
 # A place where GPT-2's pre-tokenizer (and the byte-level BPE's, the same regex) cuts the text anyway: after a

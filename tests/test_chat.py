@@ -202,6 +202,8 @@ BAD_CHATS = {
     'no reply': (b'{"messages": [{"role": "user", "content": "a"}]}\n', ":1: the conversation has no assistant"),
     'a special token as text': (b'{"messages": [{"role": "user", "content": "<|endoftext|>"}]}\n',
                                 ":1: message 1 holds the special token <|endoftext|> as text"),
+    'a lone surrogate': (b'{"messages": [{"role": "user", "content": "half \\ud800 of it"}]}\n',
+                         ":1: the text holds a lone surrogate escape (\\ud800)"),
     'not jsonl': (None, "is not a .jsonl file; format=chat reads conversations"),
     'nothing fits': ((b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "'
                       + b'o' * 50 + b'"}]}\n') * 3, ":1): 0 cut after the last assistant message that fits, 3 dropped"),
