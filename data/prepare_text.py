@@ -44,6 +44,7 @@ import re
 import runpy
 import stat
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -572,7 +573,7 @@ def prepare_chat(cfg, files, data_dir):
     if num_val >= num_convs:
         raise UserError(f"too few conversations ({num_convs:,}) to split into train and val with "
                         f"val_fraction={cfg.val_fraction}; give more")
-    with DatasetFiles(data_dir, replaces=DATASET_FILES) as out:  # all files, or none and the old ones kept
+    with dataset_files(data_dir) as out:
         vocab, meta = chat_vocab(cfg, files, chars, out)
         counts = write_conversations(cfg, files, num_convs, num_val, vocab, meta['chat'], out)
         out.write_meta(meta)
@@ -620,6 +621,20 @@ def write_conversations(cfg, files, num_convs, num_val, vocab, chat, out):
     return counts
 
 
+@contextmanager
+def dataset_files(data_dir):
+    """
+    The dataset's DatasetFiles: all its files are written, or none and the old ones kept. A write that fails (a full
+    disk, a folder that cannot be made) is one line.
+    """
+    try:
+        with DatasetFiles(data_dir, replaces=DATASET_FILES) as out:
+            yield out
+    except OSError as e:
+        raise UserError(f"could not write '{os.path.abspath(data_dir)}' ({os_reason(e)}); nothing there was "
+                        f"replaced: free disk space or fix the folder's permissions, then run again") from None
+
+
 def prepare_text(cfg, data_root='data'):
     """Write data_root/<dataset>/ from cfg's inputs; returns the number of tokens in each split."""
     cfg = as_namespace(cfg)
@@ -644,18 +659,14 @@ def prepare_text(cfg, data_root='data'):
             (num_docs == 1 and not 0 < int(num_chars * (1 - cfg.val_fraction)) < num_chars):
         raise UserError(f"the corpus ({num_docs:,} documents, {num_chars:,} characters) is too small to split "
                         f"into train and val with val_fraction={cfg.val_fraction}; give more text")
-    try:
-        with DatasetFiles(data_dir, replaces=DATASET_FILES) as out:  # all files, or none and the old ones kept
-            vocab, meta = make_vocab(cfg, files, chars, num_bytes, total_bytes, out)
-            counts = write_splits(cfg, files, num_docs, num_chars, vocab, total_bytes, out)
-            if not counts['train'] or not counts['val']:
-                raise UserError(f"the corpus gives no {'train' if not counts['train'] else 'val'} tokens (its val "
-                                f"documents are empty); give more text or another val_fraction")
-            if meta is not None:
-                out.write_meta(meta)
-    except OSError as e:  # a full disk, a folder that cannot be made
-        raise UserError(f"could not write '{os.path.abspath(data_dir)}' ({os_reason(e)}); nothing there was "
-                        f"replaced: free disk space or fix the folder's permissions, then run again") from None
+    with dataset_files(data_dir) as out:
+        vocab, meta = make_vocab(cfg, files, chars, num_bytes, total_bytes, out)
+        counts = write_splits(cfg, files, num_docs, num_chars, vocab, total_bytes, out)
+        if not counts['train'] or not counts['val']:
+            raise UserError(f"the corpus gives no {'train' if not counts['train'] else 'val'} tokens (its val "
+                            f"documents are empty); give more text or another val_fraction")
+        if meta is not None:
+            out.write_meta(meta)
     for split, n in counts.items():
         print(f"{split}.bin has {n:,} tokens")
     print(f"wrote '{os.path.abspath(data_dir)}'")

@@ -228,6 +228,21 @@ def test_bad_conversations_are_one_line_naming_file_and_line_and_write_nothing(t
     assert checksums(tmp_path / 'data') == before
 
 
+def test_a_full_disk_while_writing_conversations_is_one_line_and_replaces_nothing(tmp_path, monkeypatch):
+    import errno
+    import data
+    prepare_chats(tmp_path, CHATS)
+    before = checksums(tmp_path / 'data')
+
+    def full(self, name, mask):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(data.DatasetFiles, 'write_mask', full)
+    with pytest.raises(UserError, match=r"could not write '.*chats' \(No space left on device\); nothing there was "
+                                        r"replaced"):
+        prepare_chats(tmp_path, CHATS, '--overwrite=True')
+    assert checksums(tmp_path / 'data') == before
+
+
 def test_the_closing_hint_names_a_chat_config_with_only_the_settings_it_lacks(monkeypatch):
     monkeypatch.chdir(REPO)  # the commands name the project's files as from its folder
     assert pt.chat_run_hint('chat_demo', 256, 'char') == ('a small chat model on it with python train.py '
