@@ -17,14 +17,13 @@ import sys
 
 # common first: it sets the OpenMP wait policy, which torch reads as it is imported, and makes a Ctrl-C while
 # torch loads end in one line, not a traceback
-from common import UserError, run_main, setup
+from common import UserError, run_main
 import torch
 
 from configurator import SEED_RANGE, as_namespace, config_from_globals, load_config, require
 from data import render_prompt
 from model import KVCache, sample_next
-from quantize import check_quantize
-from sample import get_codec, load_sampled_model, prepare_model, print_new_text
+from sample import get_codec, load_for_sampling, print_new_text
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), or a Hugging Face GPT-2 folder exported from a chat model
@@ -143,10 +142,7 @@ class Chat:
 def load_chat(cfg):
     """A Chat with the model cfg names, ready on its device; returns it and the Runtime."""
     with contextlib.redirect_stdout(sys.stderr):  # what loading says: stdout is the replies'
-        rt = setup(cfg.device, cfg.dtype)
-        check_quantize(cfg.quantize, rt.device_type, rt.dtype, cfg.compile)
-        model, tokenizer = load_sampled_model(cfg)
-        prepare_model(model, rt, cfg.quantize, cfg.compile)
+        model, tokenizer, _, rt = load_for_sampling(cfg)
     return Chat(model, tokenizer, cfg.system), rt
 
 

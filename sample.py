@@ -52,6 +52,18 @@ def check_settings(cfg):
     require(cfg, 'seed', *SEED_RANGE)
 
 
+def load_for_sampling(cfg):
+    """
+    The Runtime (setup) and the model cfg names, quantized and compiled as asked: (model, tokenizer, note, rt), note
+    as load_sampled_model_and_note's. What sample.py, chat.py and serve.py start with.
+    """
+    rt = setup(cfg.device, cfg.dtype)
+    check_quantize(cfg.quantize, rt.device_type, rt.dtype, cfg.compile)
+    model, tokenizer, note = load_sampled_model_and_note(cfg)
+    prepare_model(model, rt, cfg.quantize, cfg.compile)
+    return model, tokenizer, note, rt
+
+
 def load_sampled_model(cfg):
     """The model to sample from, and its tokenizer (see find_tokenizer)."""
     return load_sampled_model_and_note(cfg)[:2]
@@ -214,11 +226,8 @@ def sample(cfg):
     """
     cfg = as_namespace(cfg)
     check_settings(cfg)
-    rt = setup(cfg.device, cfg.dtype)
-    check_quantize(cfg.quantize, rt.device_type, rt.dtype, cfg.compile)
-    torch.manual_seed(cfg.seed)
-    model, tokenizer, note = load_sampled_model_and_note(cfg)
-    prepare_model(model, rt, cfg.quantize, cfg.compile)
+    torch.manual_seed(cfg.seed)  # before the model is built: its initial weights draw from the same generator
+    model, tokenizer, note, rt = load_for_sampling(cfg)
 
     encode, decode = get_codec(tokenizer)
     start_ids = encode(read_prompt(cfg.start))

@@ -32,13 +32,12 @@ from urllib.parse import urlsplit
 
 # common first: it sets the OpenMP wait policy, which torch reads as it is imported, and makes a Ctrl-C while
 # torch loads end in one line, not a traceback
-from common import UserError, os_reason, run_main, setup
+from common import UserError, os_reason, run_main
 import torch
 
 from configurator import ConfigError, as_namespace, config_from_globals, load_config, require
 from data import END, render_prompt
-from quantize import check_quantize
-from sample import UnknownCharacters, get_codec, load_sampled_model, prepare_model
+from sample import UnknownCharacters, get_codec, load_for_sampling
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), 'gpt2'..'gpt2-xl', or a Hugging Face GPT-2 folder
@@ -679,10 +678,7 @@ def start_server(cfg):
     """Load the model and serve it in background threads; returns the Server (.url, .served; .stop() ends it)."""
     cfg = as_namespace(cfg)
     check_settings(cfg)
-    rt = setup(cfg.device, cfg.dtype)
-    check_quantize(cfg.quantize, rt.device_type, rt.dtype, cfg.compile)
-    model, tokenizer = load_sampled_model(cfg)
-    prepare_model(model, rt, cfg.quantize, cfg.compile)
+    model, tokenizer, _, rt = load_for_sampling(cfg)
     if cfg.max_prompt_tokens is not None and cfg.max_prompt_tokens > model.config.block_size:
         raise ConfigError(f"max_prompt_tokens={cfg.max_prompt_tokens} is more than the model reads at once "
                           f"(block_size {model.config.block_size}); use at most that, or None")
