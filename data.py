@@ -595,18 +595,19 @@ def draw_windows(files, starts, batch_size, block_size, rng):
     ends = np.cumsum(starts)
     which = np.searchsorted(ends, ix, side='right')
     ix = ix - (ends - starts)[which]
+    used = set(which.tolist())
     # fresh memmaps per batch keep resident memory flat over long runs
     try:
         data = {f: np.memmap(files[f][0], dtype=np.uint16, mode='r', offset=files[f][1], shape=(files[f][2],))
-                for f in set(which.tolist())}
+                for f in used}
     except (ValueError, OSError) as e:  # the file is gone, or shorter than it was
         path = files[int(which[0])][0]
         raise UserError(f"cannot read the tokens of '{path}' ({first_line(e)}): its dataset was changed or "
                         f"deleted while this run used it; restore it, then resume") from None
     windows = np.stack([data[f][i:i + block_size + 1] for f, i in zip(which, ix)])
-    if all(files[f][3] is None for f in set(which.tolist())):
+    if all(files[f][3] is None for f in used):
         return windows, None, which
-    masks = {f: np.memmap(files[f][3], dtype=np.uint8, mode='r') for f in set(which.tolist()) if files[f][3]}
+    masks = {f: np.memmap(files[f][3], dtype=np.uint8, mode='r') for f in used if files[f][3]}
     learnt = np.stack([masks[f][i + 1:i + block_size + 1] != 0 if f in masks else np.ones(block_size, dtype=bool)
                        for f, i in zip(which, ix)])
     return windows, learnt, which
