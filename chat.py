@@ -20,10 +20,10 @@ import sys
 from common import UserError, run_main
 import torch
 
-from configurator import SEED_RANGE, as_namespace, config_from_globals, load_config, require
+from configurator import as_namespace, config_from_globals, load_config, require
 from data import render_prompt
 from model import KVCache, sample_next
-from sample import get_codec, load_for_sampling, print_new_text
+from sample import check_sampling, get_codec, load_for_sampling, print_new_text
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir), or a Hugging Face GPT-2 folder exported from a chat model
@@ -47,10 +47,7 @@ TYPES = {'top_k': int, 'top_p': float, 'quantize': str}
 def check_settings(cfg):
     """Values that pass the type check but cannot work; a ConfigError names the setting."""
     require(cfg, 'max_new_tokens', lambda v: v >= 1, 'at least 1')
-    require(cfg, 'top_k', lambda v: v >= 1, 'at least 1, or None for no limit')
-    require(cfg, 'top_p', lambda v: 0 < v <= 1, 'in (0, 1], or None')
-    require(cfg, 'temperature', lambda v: v >= 0, '0 (greedy) or more')
-    require(cfg, 'seed', *SEED_RANGE)
+    check_sampling(cfg)
 
 
 class Chat:
@@ -142,8 +139,11 @@ class Chat:
 def load_chat(cfg):
     """A Chat with the model cfg names, ready on its device; returns it and the Runtime."""
     with contextlib.redirect_stdout(sys.stderr):  # what loading says: stdout is the replies'
-        model, tokenizer, _, rt = load_for_sampling(cfg)
-    return Chat(model, tokenizer, cfg.system), rt
+        model, tokenizer, note, rt = load_for_sampling(cfg)
+    session = Chat(model, tokenizer, cfg.system)
+    if note:
+        print(note, file=sys.stderr)  # which checkpoint, once it is known to be a chat model
+    return session, rt
 
 
 def interact(session, cfg, rt, generator):

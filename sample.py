@@ -46,6 +46,11 @@ def check_settings(cfg):
     """Values that pass the type check but cannot work; a ConfigError names the setting."""
     require(cfg, 'num_samples', lambda v: v >= 1, 'at least 1')
     require(cfg, 'max_new_tokens', lambda v: v >= 0, '0 or more')
+    check_sampling(cfg)
+
+
+def check_sampling(cfg):
+    """The settings of how tokens are drawn (top_k, top_p, temperature, seed), as sample.py and chat.py take them."""
     require(cfg, 'top_k', lambda v: v >= 1, 'at least 1, or None for no limit')
     require(cfg, 'top_p', lambda v: 0 < v <= 1, 'in (0, 1], or None')
     require(cfg, 'temperature', lambda v: v >= 0, '0 (greedy) or more')

@@ -61,6 +61,7 @@ quantize = None  # 'int8': int8 weights for every Linear, made at load time (see
 # -----------------------------------------------------------------------------
 DEFAULTS = config_from_globals(globals())
 TYPES = {'api_key': str, 'max_prompt_tokens': int, 'quantize': str}
+LOOPBACK = ('127.0.0.1', 'localhost', '::1')  # the names of this machine alone
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'serve.html')
 
 
@@ -157,7 +158,7 @@ class Worker:
         """Generate job's next token; False once the job is over (done, cancelled or failed)."""
         if not job.cancelled.is_set():
             try:
-                with torch.no_grad(), self.rt.autocast:
+                with self.rt.autocast:  # generate_tokens runs under no_grad itself
                     token = next(job.tokens)
                 job.events.put(int(token[0, 0]))
                 return True
@@ -452,7 +453,7 @@ class Handler(BaseHTTPRequestHandler):
     def check_access(self):
         served = self.server.served
         host = urlsplit('//' + self.headers.get('Host', 'localhost')).hostname
-        if served.loopback and host not in ('localhost', '127.0.0.1', '::1'):
+        if served.loopback and host not in LOOPBACK:
             # a web page that points its own name at 127.0.0.1 (DNS rebinding) must not reach the model
             raise ApiError(403, f"this server listens on {served.cfg.host} and answers requests for localhost only, "
                            f"not for '{host}'", code='forbidden_host')
@@ -646,7 +647,7 @@ class Served:
         self.name = os.path.basename(os.path.normpath(cfg.out_dir if cfg.init_from == 'resume' else cfg.init_from))
         self.created = int(time.time())
         self.max_prompt_tokens = cfg.max_prompt_tokens or model.config.block_size
-        self.loopback = cfg.host in ('127.0.0.1', 'localhost', '::1')
+        self.loopback = cfg.host in LOOPBACK
         self.worker = Worker(model, rt, cfg.max_active, cfg.max_queue)
         with open(PAGE, 'rb') as f:
             self.page = f.read()
@@ -678,10 +679,12 @@ def start_server(cfg):
     """Load the model and serve it in background threads; returns the Server (.url, .served; .stop() ends it)."""
     cfg = as_namespace(cfg)
     check_settings(cfg)
-    model, tokenizer, _, rt = load_for_sampling(cfg)
+    model, tokenizer, note, rt = load_for_sampling(cfg)
     if cfg.max_prompt_tokens is not None and cfg.max_prompt_tokens > model.config.block_size:
         raise ConfigError(f"max_prompt_tokens={cfg.max_prompt_tokens} is more than the model reads at once "
                           f"(block_size {model.config.block_size}); use at most that, or None")
+    if note:
+        print(note)
     served = Served(cfg, model, tokenizer, rt)
     Server.address_family = socket.AF_INET6 if ':' in cfg.host else socket.AF_INET
     try:

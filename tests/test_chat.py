@@ -358,6 +358,7 @@ def test_one_shot_prints_the_reply_alone(chat_ckpt, tmp_path):
                    '--device=cpu', cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout == uncached_reply(chat_ckpt, [{'role': 'user', 'content': 'What is 2 + 3?'}], 10) + '\n'
+    assert r.stderr == "read out/ckpt.pt: weights without an iteration or val loss\n"  # which checkpoint answered
 
 
 def test_interactive_keeps_the_history_until_clear(chat_ckpt, tmp_path):

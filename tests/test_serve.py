@@ -72,6 +72,12 @@ def serving(out_dir, **settings):
         server.stop()
 
 
+def test_it_says_which_checkpoint_it_read(chat_ckpt, capsys):
+    with serving(chat_ckpt):
+        pass
+    assert capsys.readouterr().out == f"read {chat_ckpt}/ckpt.pt: weights without an iteration or val loss\n"
+
+
 @pytest.fixture(scope='module')
 def server(chat_ckpt):
     with serving(chat_ckpt, max_new_tokens=48) as server:
