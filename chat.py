@@ -106,6 +106,7 @@ class Chat:
         device = self.model.transformer.wte.weight.device
         logits = self.model.prefill(torch.tensor([ids[same:]], device=device), self.caches, start=same)
         self.cached = ids
+        position = torch.tensor([len(ids)], device=device)  # of the next token: one tensor, moved on in place
         reply = []
         for _ in range(max_new_tokens):
             token = sample_next(logits, temperature, top_k, top_p, generator)  # (1, 1)
@@ -118,8 +119,8 @@ class Chat:
                 self.notice(f"(the reply was cut: the conversation filled the model's context of {self.block_size} "
                             f"tokens)")
                 break
-            position = torch.tensor([len(self.cached)], device=device)
             logits = self.model.decode_one_token(token, position, self.caches)
+            position += 1
             self.cached.append(reply[-1])
         self.messages += [{'role': 'user', 'content': text}, {'role': 'assistant', 'content': self.decode(reply)}]
 
