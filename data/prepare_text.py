@@ -376,17 +376,26 @@ def char_encoder(chars):
     return lambda text: np.searchsorted(codepoints, np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32))
 
 
-def make_encoder(kind, vocab, with_eot):
-    """A function from a list of (piece, ends_document) to their uint16 tokens, for the tokenizer kind."""
-    if kind == 'char':  # vocab: the characters, sorted
-        return lambda pieces: encode_pieces(char_encoder(vocab), pieces)
+def text_encoder(kind, vocab):
+    """
+    A function from text to token ids for the tokenizer kind (the text of a special token is text, as with tiktoken's
+    encode_ordinary), and the end-of-text id (None for characters). vocab: the sorted characters, or the tokenizer
+    file.
+    """
+    if kind == 'char':
+        return char_encoder(vocab), None
     if kind == 'gpt2':
         enc = gpt2_encoding()
-        return lambda pieces: encode_pieces(enc.encode_ordinary, pieces, enc.eot_token if with_eot else None)
-    tok = load_tokenizer(vocab)  # vocab: the tokenizer file
-    tok.encode_special_tokens = True  # '<|endoftext|>' in the text is text, as with encode_ordinary
-    eot = tok.token_to_id(EOT) if with_eot else None
-    return lambda pieces: encode_pieces(lambda text: tok.encode(text, add_special_tokens=False).ids, pieces, eot)
+        return enc.encode_ordinary, enc.eot_token
+    tok = load_tokenizer(vocab)
+    tok.encode_special_tokens = True
+    return (lambda text: tok.encode(text, add_special_tokens=False).ids), tok.token_to_id(EOT)
+
+
+def make_encoder(kind, vocab, with_eot):
+    """A function from a list of (piece, ends_document) to their uint16 tokens, for the tokenizer kind."""
+    encode, eot = text_encoder(kind, vocab)
+    return lambda pieces: encode_pieces(encode, pieces, eot if with_eot else None)
 
 
 def train_bpe(pieces, vocab_size, path, special_tokens=()):
@@ -510,17 +519,6 @@ def read_conversations(files, errors, counter):
             yield f"{path}:{number}", record['messages']
 
 
-def chat_encoder(kind, vocab):
-    """Text to token ids for a conversation's messages (the chat template adds the chat tokens)."""
-    if kind == 'char':
-        return char_encoder(vocab)
-    if kind == 'gpt2':
-        return gpt2_encoding().encode_ordinary
-    tok = load_tokenizer(vocab)
-    tok.encode_special_tokens = True  # (the template refuses special tokens' text in messages anyway)
-    return lambda text: tok.encode(text, add_special_tokens=False).ids
-
-
 def chat_vocab(cfg, files, chars, out):
     """The tokenizer's vocabulary (as make_vocab's) with the chat tokens, and the meta.pkl recording their ids."""
     if cfg.tokenizer == 'char':
@@ -596,7 +594,7 @@ def chat_run_hint(dataset, block_size, tokenizer):
 
 def write_conversations(cfg, files, num_convs, num_val, vocab, chat, out):
     """Render each conversation, fit it to block_size, and append its tokens and mask to its split's files."""
-    encode = chat_encoder(cfg.tokenizer, vocab)
+    encode = text_encoder(cfg.tokenizer, vocab)[0]  # the template adds the chat tokens; messages cannot hold them
     counts, cut, dropped, first = {'train': 0, 'val': 0}, 0, 0, None
     counter = [0]
     with Progress('tokenizing', sum(os.path.getsize(f) for f in files)) as progress:
