@@ -434,8 +434,8 @@ def read_shard_header(path, fix='delete it and prepare the data again'):
     The number of tokens in a shard, after checking its header against the file. A bad file is a UserError
     that names it and ends with fix, what the user should do.
     """
-    size = os.path.getsize(path)
-    with open(path, 'rb') as f:
+    with open_readable(path) as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(SHARD_HEADER_BYTES)
     header = np.frombuffer(head[:len(head) // 4 * 4], dtype=np.int32)
     if len(header) < 3 or header[0] != SHARD_MAGIC:
@@ -495,7 +495,7 @@ def data_files(data_dir, split):
     """
     path = os.path.join(data_dir, f'{split}.bin')
     if os.path.isfile(path):
-        check_readable(path)
+        open_readable(path).close()
         if os.path.getsize(path) % 2:
             raise UserError(f"'{path}' has an odd number of bytes, so it is not whole uint16 tokens (cut short, or "
                             f"not a token file); run `{prepare_command(data_dir, again=True)}` again")
@@ -516,17 +516,16 @@ def data_files(data_dir, split):
                 and glob.glob(os.path.join(glob.escape(elsewhere), '*.bin')) else '')
         raise UserError(f"no {split} data in '{data_dir}' ({split}.bin or *{split}*.bin shards){hint}; run "
                         f"`{prepare_command(data_dir)}` first")
-    for shard in shards:
-        check_readable(shard)
     return [(shard, SHARD_HEADER_BYTES, read_shard_header(shard), None) for shard in shards]
 
 
 MAX_DRAWS = 100  # draws of a batch in which no target is learnt (see get_batch) before giving up
 
 
-def check_readable(path):
+def open_readable(path):
+    """open(path, 'rb'), or a UserError that says why the file cannot be read."""
     try:
-        open(path, 'rb').close()
+        return open(path, 'rb')
     except OSError as e:
         raise UserError(f"cannot read '{path}' ({os_reason(e)}); fix its permissions") from None
 
