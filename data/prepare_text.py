@@ -573,7 +573,7 @@ def prepare_chat(cfg, files, data_dir):
                         f"val_fraction={cfg.val_fraction}; give more")
     with dataset_files(data_dir) as out:
         vocab, meta = chat_vocab(cfg, files, chars, out)
-        counts = write_conversations(cfg, files, num_convs, num_val, vocab, meta['chat'], out)
+        counts = write_conversations(cfg, files, num_convs, num_val, vocab, meta['chat'], total_bytes, out)
         out.write_meta(meta)
     for split, n in counts.items():
         print(f"{split}.bin has {n:,} tokens, {split}_mask.bin beside it")
@@ -592,12 +592,12 @@ def chat_run_hint(dataset, block_size, tokenizer):
     return f"{what} python {project_path('train.py')} {project_path(config)}{settings}"
 
 
-def write_conversations(cfg, files, num_convs, num_val, vocab, chat, out):
+def write_conversations(cfg, files, num_convs, num_val, vocab, chat, total_bytes, out):
     """Render each conversation, fit it to block_size, and append its tokens and mask to its split's files."""
     encode = text_encoder(cfg.tokenizer, vocab)[0]  # the template adds the chat tokens; messages cannot hold them
     counts, cut, dropped, first = {'train': 0, 'val': 0}, 0, 0, None
     counter = [0]
-    with Progress('tokenizing', sum(os.path.getsize(f) for f in files)) as progress:
+    with Progress('tokenizing', total_bytes) as progress:
         for n, (where, messages) in enumerate(read_conversations(files, cfg.errors, counter)):
             split = 'val' if (n + 1) * num_val // num_convs > n * num_val // num_convs else 'train'
             ids, mask = render_conversation(messages, encode, chat)
