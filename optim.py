@@ -89,20 +89,45 @@ class Muon(getattr(torch.optim, 'Muon', torch.optim.Optimizer)):
         return loss
 
 
-def newton_schulz(g, coefficients, steps, eps, dtype=torch.bfloat16):
+def newton_schulz(g, coefficients, steps, eps, dtype=torch.bfloat16, via_gram=None):
     """
     torch.optim.Muon's orthogonalisation (quintic Newton-Schulz, in bfloat16 there) of each matrix in g (n, rows,
-    cols), in dtype. Returns the result in dtype.
+    cols), in dtype. Returns the result in dtype. via_gram: iterate on the Gram matrix (gram_newton_schulz), the same
+    polynomial in fewer operations; None: where it is fewer (a matrix at least twice as wide as tall) and the dtype
+    is float32 or wider (bfloat16 keeps to torch's order of operations).
     """
     a, b, c = coefficients
     x = g.to(dtype)
     wide = g.size(-2) <= g.size(-1)
     x = x if wide else x.mT
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norms at most 1
-    for _ in range(steps):
-        gram = x @ x.mT
-        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    if via_gram is None:
+        via_gram = dtype != torch.bfloat16 and x.size(-1) >= 2 * x.size(-2)
+    if via_gram:
+        x = gram_newton_schulz(x, coefficients, steps)
+    else:
+        for _ in range(steps):
+            gram = x @ x.mT
+            x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x if wide else x.mT
+
+
+def gram_newton_schulz(x, coefficients, steps):
+    """
+    Newton-Schulz's steps x <- q x, q = a I + b A + c A^2 with A = x x^T, for wide matrices x (n, rows, cols), on
+    (rows, rows) matrices alone: q is a polynomial in A, so the next A is q A q, and x ends as the product of the
+    q's times x. A step costs 4 rows^3 multiply-adds instead of rows^3 + 2 rows^2 cols: 40 to 55% fewer at the CPU
+    recipe's (128, 384) and (128, 512). The same iteration; in float32 as close to float64's as the other order.
+    """
+    a, b, c = coefficients
+    gram, product = x @ x.mT, None
+    for step in range(steps):
+        q = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        q.diagonal(dim1=-2, dim2=-1).add_(a)
+        product = q if product is None else q @ product
+        if step < steps - 1:
+            gram = q @ gram @ q
+    return x if product is None else product @ x
 
 
 def newton_schulz_dtype(setting, device):

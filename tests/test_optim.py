@@ -127,7 +127,7 @@ def test_newton_schulz_maps_each_singular_value_by_the_quintic(shape, dtype, tol
     expected = scaled
     for _ in range(steps):
         expected = p(expected)
-    reference = optim.newton_schulz(g, coefficients, steps, eps, torch.float64)
+    reference = optim.newton_schulz(g, coefficients, steps, eps, torch.float64, via_gram=False)
     expected = expected.sort(descending=True).values  # p is not monotone: as svdvals lists them
     assert torch.allclose(torch.linalg.svdvals(reference), expected.expand(shape[0], -1), atol=1e-9)
     # the band: the polynomial's image of every value from the input's smallest to 1
@@ -142,6 +142,22 @@ def test_newton_schulz_maps_each_singular_value_by_the_quintic(shape, dtype, tol
     assert (singular > band.min() - tolerance).all() and (singular < band.max() + tolerance).all()
     assert torch.allclose(singular, torch.linalg.svdvals(reference), atol=tolerance)
     assert (ours - reference).norm() / reference.norm() < matrix_tolerance
+
+
+@pytest.mark.parametrize('shape', [(4, 128, 384), (4, 512, 128), (2, 64, 64)])
+@pytest.mark.parametrize('steps', [0, 1, 5])
+def test_newton_schulz_on_the_gram_matrix_is_the_same_iteration(shape, steps):
+    coefficients, eps = (3.4445, -4.7750, 2.0315), 1e-7
+    g = with_singular_values(shape, torch.logspace(-3, 0, min(shape[1:]), dtype=torch.float64), seed=steps)
+    plain = optim.newton_schulz(g, coefficients, steps, eps, torch.float64, via_gram=False)
+    gram = optim.newton_schulz(g, coefficients, steps, eps, torch.float64, via_gram=True)
+    assert (gram - plain).abs().max() < 1e-12
+    # float32 takes it where it is fewer operations (twice as wide as tall, either way round); bfloat16 never,
+    # keeping torch.optim.Muon's order of operations
+    assert optim.newton_schulz(g.float(), coefficients, steps, eps, torch.float32).equal(
+        optim.newton_schulz(g.float(), coefficients, steps, eps, torch.float32, via_gram=shape[1] != shape[2]))
+    assert optim.newton_schulz(g.float(), coefficients, steps, eps, torch.bfloat16).equal(
+        optim.newton_schulz(g.float(), coefficients, steps, eps, torch.bfloat16, via_gram=False))
 
 
 def test_train_py_imports_without_torchs_muon():
