@@ -138,13 +138,13 @@ class Chat:
 
 
 def load_chat(cfg):
-    """A Chat with the model cfg names, ready on its device; returns it and the Runtime."""
+    """
+    A Chat with the model cfg names, ready on its device; returns it, the Runtime and the line that says which
+    checkpoint was read (None for a Hugging Face folder).
+    """
     with contextlib.redirect_stdout(sys.stderr):  # what loading says: stdout is the replies'
         model, tokenizer, note, rt = load_for_sampling(cfg)
-    session = Chat(model, tokenizer, cfg.system)
-    if note:
-        print(note, file=sys.stderr)  # which checkpoint, once it is known to be a chat model
-    return session, rt
+    return Chat(model, tokenizer, cfg.system), rt, note
 
 
 def interact(session, cfg, rt, generator):
@@ -177,7 +177,11 @@ def chat(cfg):
     """Interactive, or with a cfg.prompt one reply printed alone; returns the reply (None when interactive)."""
     cfg = as_namespace(cfg)
     check_settings(cfg)
-    session, rt = load_chat(cfg)
+    session, rt, note = load_chat(cfg)
+    if cfg.prompt:
+        session.prompt_ids(cfg.prompt, 0)  # a message the model cannot take is its error alone, before the note
+    if note:
+        print(note, file=sys.stderr)  # stdout is the replies'
     generator = torch.Generator(device='cpu').manual_seed(cfg.seed)
     if not cfg.prompt:
         interact(session, cfg, rt, generator)

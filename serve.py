@@ -683,8 +683,6 @@ def start_server(cfg):
     if cfg.max_prompt_tokens is not None and cfg.max_prompt_tokens > model.config.block_size:
         raise ConfigError(f"max_prompt_tokens={cfg.max_prompt_tokens} is more than the model reads at once "
                           f"(block_size {model.config.block_size}); use at most that, or None")
-    if note:
-        print(note)
     served = Served(cfg, model, tokenizer, rt)
     Server.address_family = socket.AF_INET6 if ':' in cfg.host else socket.AF_INET
     try:
@@ -692,6 +690,8 @@ def start_server(cfg):
     except OSError as e:
         raise UserError(f"cannot listen on {cfg.host}:{cfg.port} ({os_reason(e)}); choose another --port or "
                         f"--host") from None
+    if note:  # once the server listens: an error is said alone
+        print(note)
     server.served = served
     host = f'[{cfg.host}]' if ':' in cfg.host else cfg.host
     server.url = f'http://{host}:{server.server_address[1]}'

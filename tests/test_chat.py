@@ -361,6 +361,12 @@ def test_one_shot_prints_the_reply_alone(chat_ckpt, tmp_path):
     assert r.stderr == "read out/ckpt.pt: weights without an iteration or val loss\n"  # which checkpoint answered
 
 
+def test_a_message_the_model_cannot_take_is_its_error_alone(chat_ckpt, tmp_path):
+    r = run_in_process('chat.py', '--out_dir=out', '--prompt=' + 'hi ' * 200, '--device=cpu', cwd=tmp_path)
+    assert r.returncode == 1 and r.stdout == '' and r.stderr.count('\n') == 1, r
+    assert "more than the model's context" in r.stderr  # and not which checkpoint was read
+
+
 def test_interactive_keeps_the_history_until_clear(chat_ckpt, tmp_path):
     lines = ['Hi', 'What is 2 + 3?', '/clear', 'What is 2 + 3?', '', '/quit', 'never read']
     r = subprocess.run([sys.executable, os.path.join(REPO, 'chat.py'), '--out_dir=out', '--temperature=0',

@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from helpers import REPO, needs_tiktoken_cache
+from helpers import REPO, needs_tiktoken_cache, run_in_process
 
 # a character model's vocabulary, then the chat tokens (data.chat_ids): a tokenizer with a 'chat' entry
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,?!+0123456789\n"))
@@ -72,10 +72,13 @@ def serving(out_dir, **settings):
         server.stop()
 
 
-def test_it_says_which_checkpoint_it_read(chat_ckpt, capsys):
-    with serving(chat_ckpt):
-        pass
-    assert capsys.readouterr().out == f"read {chat_ckpt}/ckpt.pt: weights without an iteration or val loss\n"
+def test_it_says_which_checkpoint_it_read_once_it_listens(chat_ckpt, capsys):
+    with serving(chat_ckpt) as server:
+        assert capsys.readouterr().out == f"read {chat_ckpt}/ckpt.pt: weights without an iteration or val loss\n"
+        # a port already taken is an error alone, the note not printed
+        r = run_in_process('serve.py', f'--out_dir={chat_ckpt}', f'--port={server.server_address[1]}',
+                           '--device=cpu', cwd=chat_ckpt)
+    assert r.returncode == 1 and r.stdout == '' and r.stderr.startswith('error: cannot listen on 127.0.0.1:'), r
 
 
 @pytest.fixture(scope='module')

@@ -56,7 +56,9 @@ def evaluate(cfg):
         sets['typed'] = typed_questions()
     settings = as_namespace(dict(chat.DEFAULTS, out_dir=cfg.out_dir, init_from=cfg.init_from, system=cfg.system,
                                  device=cfg.device, temperature=0.0, max_new_tokens=64))
-    session, rt = chat.load_chat(settings)
+    session, rt, note = chat.load_chat(settings)
+    if note:
+        print(note)  # which checkpoint the accuracy is of
     scores = {}
     for name, asked in sets.items():
         right = {'sums': [], 'words': []}
