@@ -25,8 +25,8 @@ from configurator import ConfigError
 def others_running(samples=5):
     """
     How many threads other than this one are running or ready to run now: on Linux the fewest of a few looks at
-    /proc/loadavg 2 ms apart (so that a moment's work does not count), elsewhere the load average of the last minute;
-    None where neither is known.
+    /proc/loadavg 2 ms apart (so that a moment's work does not count; a look that sees none ends them, as no later
+    one can see fewer), elsewhere the load average of the last minute; None where neither is known.
     """
     seen = []
     try:
@@ -35,6 +35,8 @@ def others_running(samples=5):
                 time.sleep(0.002)
             with open('/proc/loadavg', encoding='ascii') as f:
                 seen.append(int(f.read().split()[3].split('/')[0]) - 1)
+            if seen[-1] <= 0:
+                break
     except (OSError, ValueError, IndexError):
         try:
             return int(os.getloadavg()[0])
